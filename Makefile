@@ -1,0 +1,36 @@
+# The two commands of the README: `make demo` runs the main job, `make test` runs every test.
+# Each creates its own virtualenv (.venv) on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench bench-detection bench-backtest clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/detector backtest --sample --plot out/plots --transitions out/transitions.jsonl
+
+lint: $(STAMP)
+	$(BIN)/ruff check detector tests bench
+	$(BIN)/ruff format --check detector tests bench
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+bench: bench-detection bench-backtest
+
+bench-detection: $(STAMP)
+	$(BIN)/python -m bench.detection
+
+bench-backtest: $(STAMP)
+	$(BIN)/python -m bench.backtest_speed
+
+clean:
+	rm -rf $(VENV) out .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,373 @@
+"""The engine: per-rule detectors and the global view, driven by event time.
+
+Drivers (the backtest, the streaming daemon) hand the engine per-rule, per-tick
+aggregates with :meth:`Engine.add` and move event time forward with
+:meth:`Engine.advance`. A tick is judged once its end is ``lateness_seconds``
+behind the watermark; ticks are judged strictly in order and, inside a tick,
+rules in id order, so the same aggregates give the same decisions however they
+were batched. The engine never reads a clock.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable
+from typing import Any
+
+from detector.config import EngineConfig
+from detector.engine.breaker import PAUSED, State, Trigger
+from detector.engine.params import Params
+from detector.engine.rule import RuleDetector, RuleState
+from detector.errors import StateError
+from detector.wire.aggregates import RuleTick
+from detector.wire.events import GLOBAL_RULE_ID
+from detector.wire.records import TRANSITION, Record
+
+SNAPSHOT_FORMAT = 1
+RULE_TRIPS = frozenset({"extreme_surge", "surge_with_shift", "warmup_cap", "reversal_surge"})
+
+BucketHook = Callable[[str, float, float, float, float], None]
+"""Called per rule per closed bucket: ``(rule_id, bucket_start, count, expected, score)``."""
+
+
+class GlobalDetector(RuleDetector):
+    """The ``*`` view: total deactivations, with make-up summed over the rules."""
+
+    __slots__ = ("rules",)
+
+    def __init__(
+        self,
+        state: RuleState,
+        params: Params,
+        emit: Callable[[Record], None],
+        rules: dict[str, RuleDetector],
+    ) -> None:
+        super().__init__(state, params, emit)
+        self.rules = rules
+
+    def add(self, agg: RuleTick, at: float) -> None:
+        """Count a rule's aggregate into the totals (cells are judged per rule)."""
+        s = self.s
+        s.x += agg.deactivations
+        s.rev += agg.reversals
+        s.shadow += agg.shadow
+        s.other += agg.other
+
+    def _attribution(self, onset: int, m: float) -> dict[str, Any] | None:
+        """A total surge is global only if its excess is spread over several rules.
+
+        One rule's incident also lifts the total; that rule's own detector deals
+        with it, and it must not halt every other rule.
+        """
+        frac = m / self.s.mu if self.s.mu else 1.0
+        excess: dict[str, float] = {}
+        for rule_id, rule in self.rules.items():
+            rs = rule.s
+            i = rule._window(onset)
+            e = sum(rs.hist_x[i:]) + rs.x - sum(rs.hist_m[i:]) - rs.mu * frac
+            if e > 0:
+                excess[rule_id] = e
+        total = sum(excess.values())
+        ranked = sorted(excess.items(), key=lambda kv: (-kv[1], kv[0]))
+        cfg = self.p.cfg
+        if total <= 0 or len(ranked) < cfg.global_min_rules or ranked[0][1] > 0.5 * total:
+            return None
+        return {
+            "top_rules": [r for r, _ in ranked[:10]],
+            "top_rule_share_of_excess": round(ranked[0][1] / total, 4),
+        }
+
+    def current_makeup(self) -> tuple[float, float, float]:
+        """Sum of the rules' own make-up counts: outside is judged against each rule's usual."""
+        n = k = e = 0.0
+        for rule in self.rules.values():
+            if rule.s.known and rule.s.x:
+                n0, k0, e0 = rule.current_makeup()
+                n += n0
+                k += k0
+                e += e0
+        return n, k, e
+
+
+class Engine:
+    """Detection over many rules; state is plain data (see :meth:`snapshot`)."""
+
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        *,
+        on_bucket: BucketHook | None = None,
+        global_view: bool = True,
+    ) -> None:
+        self.config = config or EngineConfig()
+        self.params = Params.of(self.config)
+        self.on_bucket = on_bucket
+        self.global_view = global_view
+        self.rules: dict[str, RuleDetector] = {}
+        self._order: list[str] = []
+        self._out: list[Record] = []
+        self.tick: int | None = None
+        """Last judged tick (``None`` before the first)."""
+        self.bucket: int | None = None
+        self.watermark = -math.inf
+        self.pending: dict[int, dict[str, RuleTick]] = {}
+        self.recent_trips: list[tuple[float, str]] = []
+        self.late_rejected = 0
+        self.glob: GlobalDetector | None = None
+
+    # ----- input -----
+    def add(self, agg: RuleTick) -> bool:
+        """Queue an aggregate; ``False`` if it arrived after its bucket was closed."""
+        if self.tick is not None and agg.tick <= self.tick:
+            assert self.bucket is not None
+            if agg.tick // self.params.tpb != self.bucket:
+                self.late_rejected += 1
+                return False
+            # Late but inside the open bucket: counted, judged with the next tick.
+            at = (self.tick + 1) * self.params.tick_s
+            self._rule(agg.rule_id, at).add(agg, at)
+            if self.glob is not None:
+                self.glob.add(agg, at)
+            return True
+        slot = self.pending.setdefault(agg.tick, {})
+        mine = slot.get(agg.rule_id)
+        if mine is None:
+            slot[agg.rule_id] = agg
+        else:
+            mine.merge(agg)
+        return True
+
+    def _rule(self, rule_id: str, at: float) -> RuleDetector:
+        rule = self.rules.get(rule_id)
+        if rule is None:
+            assert self.bucket is not None
+            rule = RuleDetector.new(rule_id, self.bucket, at, self.params, self._out.append)
+            self.rules[rule_id] = rule
+            bisect.insort(self._order, rule_id)
+        return rule
+
+    # ----- time -----
+    def advance(self, watermark: float) -> list[Record]:
+        """Judge every tick that ends at least ``lateness`` before ``watermark``."""
+        if watermark > self.watermark:
+            self.watermark = watermark
+        p = self.params
+        last = math.floor((self.watermark - self.config.lateness_seconds) / p.tick_s) - 1
+        if self.tick is None:
+            if not self.pending:
+                return self._drain()
+            first = min(self.pending) // p.tpb
+            self._start(first)
+        assert self.tick is not None and self.bucket is not None
+        tpb = p.tpb
+        while self.tick < last:
+            bucket_last = (self.bucket + 1) * tpb - 1
+            nxt = min(bucket_last, last)
+            if self.pending:
+                nxt = min(nxt, min(self.pending))
+            self.tick = nxt
+            mark = len(self._out)
+            self._judge_tick(nxt)
+            if nxt == bucket_last:
+                self._close_bucket()
+            if self.glob is not None and len(self._out) > mark:
+                self._many_rules(mark, (nxt + 1) * p.tick_s)
+        return self._drain()
+
+    def finish(self) -> list[Record]:
+        """Judge everything queued, as if the watermark had moved far past it."""
+        if not self.pending:
+            return self._drain()
+        end_tick = max(self.pending)
+        tpb = self.params.tpb
+        end = ((end_tick // tpb) + 1) * tpb * self.params.tick_s
+        return self.advance(end + self.config.lateness_seconds)
+
+    def _start(self, bucket: int) -> None:
+        self.bucket = bucket
+        self.tick = bucket * self.params.tpb - 1
+        if self.global_view and self.glob is None:
+            at = bucket * self.params.bucket_s
+            state = RuleState(
+                GLOBAL_RULE_ID, bucket, since=at, cooldown=self.config.cooldown_seconds
+            )
+            self.glob = GlobalDetector(state, self.params, self._out.append, self.rules)
+            self.glob.open_bucket(bucket)
+
+    def _judge_tick(self, tick: int) -> None:
+        p = self.params
+        at = (tick + 1) * p.tick_s
+        aggs = self.pending.pop(tick, None)
+        j = tick - self.bucket * p.tpb + 1  # type: ignore[operator]
+        glob = self.glob
+        if aggs:
+            touched = []
+            for rule_id in sorted(aggs):
+                agg = aggs[rule_id]
+                rule = self._rule(rule_id, at)
+                rule.add(agg, at)
+                if glob is not None:
+                    glob.add(agg, at)
+                touched.append(rule)
+            for rule in touched:
+                rule.on_tick(j, at)
+            if glob is not None:
+                glob.on_tick(j, at)
+        for rule_id in self._order:
+            rule = self.rules[rule_id]
+            if rule.timed:
+                rule.check_timers(at)
+        if glob is not None and glob.timed:
+            glob.check_timers(at)
+
+    def _many_rules(self, mark: int, at: float) -> None:
+        """Many rules tripping together is one incident: halt globally."""
+        cfg = self.config
+        glob = self.glob
+        assert glob is not None
+        for rec in self._out[mark:]:
+            if (
+                rec.kind == TRANSITION
+                and rec.to_state == State.OPEN
+                and rec.reason in RULE_TRIPS
+                and rec.rule_id != GLOBAL_RULE_ID
+            ):
+                self.recent_trips.append((at, rec.rule_id))
+        horizon = at - cfg.global_window_seconds
+        self.recent_trips = [(t, r) for t, r in self.recent_trips if t > horizon]
+        tripped = sorted({r for _, r in self.recent_trips})
+        active = sum(1 for r in self.rules.values() if not r.s.warm)
+        need = max(cfg.global_min_rules, math.ceil(cfg.global_min_fraction * active))
+        if len(tripped) >= need and glob.s.state not in PAUSED:
+            ev: dict[str, Any] = {
+                "test": "many_rules",
+                "rules": tripped,
+                "statistic": len(tripped),
+                "threshold": need,
+                "active_rules": active,
+                "window_seconds": cfg.global_window_seconds,
+                "config_version": self.params.config_version,
+            }
+            glob._finding("many_rules", ev, at, pause=True)
+
+    def _close_bucket(self) -> None:
+        p = self.params
+        assert self.bucket is not None
+        end = (self.bucket + 1) * p.bucket_s
+        start = self.bucket * p.bucket_s
+        hook = self.on_bucket
+        for rule_id in self._order:
+            rule = self.rules[rule_id]
+            x, mu = rule.s.x, rule.s.mu
+            score = rule.close_bucket(end)
+            if hook is not None:
+                hook(rule_id, start, x, mu, score)
+        glob = self.glob
+        if glob is not None:
+            x, mu = glob.s.x, glob.s.mu
+            score = glob.close_bucket(end)
+            if hook is not None:
+                hook(GLOBAL_RULE_ID, start, x, mu, score)
+        self.bucket += 1
+        for rule_id in self._order:
+            self.rules[rule_id].open_bucket(self.bucket)
+        if glob is not None:
+            glob.open_bucket(self.bucket)
+
+    def _drain(self) -> list[Record]:
+        out, self._out[:] = list(self._out), []
+        return out
+
+    # ----- operators -----
+    def command(
+        self,
+        rule_id: str,
+        trigger: Trigger,
+        at: float,
+        evidence: dict[str, Any],
+        grace_seconds: float = 0.0,
+    ) -> list[Record]:
+        """Apply an operator trigger to a rule (``*``: the global halt) at event time ``at``."""
+        self._ensure_started(at)
+        target = self._target(rule_id, at)
+        target.command(trigger, at, evidence, grace_seconds)
+        return self._drain()
+
+    def reset_baseline(self, rule_id: str, at: float, evidence: dict[str, Any]) -> list[Record]:
+        """Forget a rule's learned baseline; it warms up again."""
+        self._ensure_started(at)
+        self._target(rule_id, at).reset_baseline(at, evidence)
+        return self._drain()
+
+    def _ensure_started(self, at: float) -> None:
+        if self.tick is None:
+            self._start(math.floor(at / self.params.bucket_s))
+
+    def _target(self, rule_id: str, at: float) -> RuleDetector:
+        if rule_id == GLOBAL_RULE_ID:
+            if self.glob is None:
+                raise StateError("this engine has no global view")
+            return self.glob
+        return self._rule(rule_id, at)
+
+    def state_of(self, rule_id: str) -> RuleState | None:
+        """The state of a rule (``*``: global), or ``None`` if never seen."""
+        if rule_id == GLOBAL_RULE_ID:
+            return self.glob.s if self.glob else None
+        rule = self.rules.get(rule_id)
+        return rule.s if rule else None
+
+    # ----- persistence -----
+    def snapshot(self) -> dict[str, Any]:
+        """The whole engine state as plain JSON-able data."""
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "config_version": self.params.config_version,
+            "tick": self.tick,
+            "bucket": self.bucket,
+            "watermark": self.watermark if math.isfinite(self.watermark) else None,
+            "late_rejected": self.late_rejected,
+            "recent_trips": [list(t) for t in self.recent_trips],
+            "rules": {r: self.rules[r].s.to_dict() for r in self._order},
+            "global": self.glob.s.to_dict() if self.glob else None,
+            "pending": {
+                str(t): {r: a.to_dict() for r, a in sorted(aggs.items())}
+                for t, aggs in sorted(self.pending.items())
+            },
+        }
+
+    @classmethod
+    def restore(
+        cls,
+        data: dict[str, Any],
+        config: EngineConfig | None = None,
+        *,
+        on_bucket: BucketHook | None = None,
+        global_view: bool = True,
+    ) -> Engine:
+        """Rebuild an engine from :meth:`snapshot` output."""
+        if data.get("format") != SNAPSHOT_FORMAT:
+            raise StateError(f"unknown snapshot format {data.get('format')!r}")
+        eng = cls(config, on_bucket=on_bucket, global_view=global_view)
+        try:
+            eng.tick = data["tick"]
+            eng.bucket = data["bucket"]
+            wm = data["watermark"]
+            eng.watermark = -math.inf if wm is None else float(wm)
+            eng.late_rejected = int(data["late_rejected"])
+            eng.recent_trips = [(float(t), str(r)) for t, r in data["recent_trips"]]
+            for rule_id, state in data["rules"].items():
+                eng.rules[rule_id] = RuleDetector(
+                    RuleState.from_dict(state), eng.params, eng._out.append
+                )
+            eng._order = sorted(eng.rules)
+            if global_view and data["global"] is not None:
+                eng.glob = GlobalDetector(
+                    RuleState.from_dict(data["global"]), eng.params, eng._out.append, eng.rules
+                )
+            for t, aggs in data["pending"].items():
+                eng.pending[int(t)] = {r: RuleTick.from_dict(a) for r, a in aggs.items()}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StateError(f"snapshot is malformed: {exc!r}") from None
+        return eng

@@ -1,0 +1,515 @@
+"""One rule's detector: tests, decision policy and breaker, over a plain state.
+
+Per tick with new data the still-filling bucket is judged (a 20x surge does not
+wait for the bucket to close); per closed bucket the sequential charts advance,
+reversals and silence are tested, and the baseline learns if nothing anomalous
+is going on. Findings go through the decision policy:
+
+- an extreme surge (rate at least ``extreme_ratio`` times expected, with
+  confidence) pauses regardless of who is hit;
+- a sharp surge that also shifts who is hit pauses;
+- a sharp surge on the rule's usual population is an alert only;
+- a surge in reversals of the rule's actions pauses;
+- a rule gone silent is an alert (under-enforcement).
+
+Every transition and alert carries its evidence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from detector.engine.baseline import Baseline
+from detector.engine.breaker import CAN_PAUSE, WATCHED, State, Trigger, next_state
+from detector.engine.makeup import Makeup
+from detector.engine.params import Params
+from detector.engine.stats import binomial_excess, could_exceed, glr_up, llr
+from detector.wire.aggregates import RuleTick
+from detector.wire.records import ALERT, TRANSITION, Record
+from detector.wire.timefmt import to_rfc3339
+
+HISTORY_BUCKETS = 180
+"""Closed buckets kept per rule to size the incident window (3 h of 1-minute buckets)."""
+MAX_VERSIONS = 8
+SURGE_ALERTS = frozenset({"surge", "extreme_surge", "surge_with_shift", "warmup_cap"})
+MAKEUP_REFRESH_BUCKETS = 60
+
+Emit = Callable[[Record], None]
+
+
+@dataclass
+class RuleState:
+    """Everything the detector knows about one rule: a plain, serialisable value."""
+
+    rule_id: str
+    bucket: int
+    state: str = State.CLOSED.value
+    since: float = 0.0
+    version: int = 0
+    reason: str = ""
+    cooldown: float = 0.0
+    until: float = 0.0
+    grace_until: float = 0.0
+    rule_version: str | None = None
+    known_versions: list[str] = field(default_factory=list)
+    prev_baseline: Baseline | None = None
+    baseline: Baseline = field(default_factory=Baseline)
+    reversals: Baseline = field(default_factory=Baseline)
+    makeup: Makeup = field(default_factory=Makeup)
+    charts: list[float] = field(default_factory=list)
+    onsets: list[int] = field(default_factory=list)
+    rev_chart: float = 0.0
+    rev_onset: int = 0
+    silence_chart: float = 0.0
+    alerts: list[str] = field(default_factory=list)
+    # the still-filling bucket
+    x: float = 0.0
+    rev: float = 0.0
+    shadow: float = 0.0
+    other: float = 0.0
+    cells: dict[str, float] = field(default_factory=dict)
+    mu: float = 0.0
+    mu_rev: float = 0.0
+    disp: float = 0.0
+    disp_rev: float = 0.0
+    warm: bool = True
+    known: bool = False
+    # closed buckets, oldest first, ending at ``bucket - 1``
+    hist_x: list[float] = field(default_factory=list)
+    hist_m: list[float] = field(default_factory=list)
+    hist_n: list[float] = field(default_factory=list)
+    hist_out: list[float] = field(default_factory=list)
+    hist_eout: list[float] = field(default_factory=list)
+    hist_rev: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form; :meth:`from_dict` restores it exactly."""
+        out: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if isinstance(value, Baseline | Makeup):
+                value = value.to_dict()
+            elif isinstance(value, list | dict):
+                value = value.copy()
+            out[name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RuleState:
+        """Inverse of :meth:`to_dict`."""
+        values = dict(d)
+        for name in ("baseline", "reversals"):
+            values[name] = Baseline.from_dict(values[name])
+        if values["prev_baseline"] is not None:
+            values["prev_baseline"] = Baseline.from_dict(values["prev_baseline"])
+        values["makeup"] = Makeup.from_dict(values["makeup"])
+        return cls(**values)
+
+
+class RuleDetector:
+    """The behaviour of one rule over its :class:`RuleState`."""
+
+    __slots__ = ("emit", "p", "s")
+
+    def __init__(self, state: RuleState, params: Params, emit: Emit) -> None:
+        self.s = state
+        self.p = params
+        self.emit = emit
+        if not state.charts:
+            state.charts = [0.0] * len(params.shifts)
+            state.onsets = [state.bucket] * len(params.shifts)
+
+    @classmethod
+    def new(cls, rule_id: str, bucket: int, at: float, params: Params, emit: Emit) -> RuleDetector:
+        """A rule seen for the first time, warming up, in ``bucket``."""
+        det = cls(
+            RuleState(rule_id, bucket, since=at, cooldown=params.cfg.cooldown_seconds), params, emit
+        )
+        det.open_bucket(bucket)
+        return det
+
+    # ----- feeding -----
+    def add(self, agg: RuleTick, at: float) -> None:
+        """Fold one aggregate into the still-filling bucket."""
+        s = self.s
+        if agg.versions:
+            self._note_versions(agg.versions, at)
+        s.x += agg.deactivations
+        s.rev += agg.reversals
+        s.shadow += agg.shadow
+        s.other += agg.other
+        cells = s.cells
+        for cell, n in agg.cells.items():
+            cells[cell] = cells.get(cell, 0.0) + n
+
+    def on_tick(self, j: int, at: float) -> None:
+        """Judge the still-filling bucket after ``j`` of its ticks (``at``: tick end)."""
+        s, p = self.s, self.p
+        if s.state not in WATCHED:
+            return
+        x = s.x
+        m = s.mu * j / p.tpb
+        if s.warm:
+            self._judge_warmup(x, m, at)
+            return
+        h = p.h_burst
+        for v in s.charts:
+            if p.h_chart - v < h:
+                h = p.h_chart - v
+        if could_exceed(x, m, h):
+            self._judge(x, m, at, partial=True)
+
+    # ----- tests -----
+    def _judge_warmup(self, x: float, m: float, at: float) -> None:
+        s, p = self.s, self.p
+        cap = p.cfg.warmup_cap_per_bucket
+        if x >= cap:
+            ev = self._evidence("warmup_cap", x, cap, s.bucket, x, s.mu, at)
+            self._finding("warmup_cap", ev, at, pause=True)
+        elif s.prev_baseline is not None:
+            # A new rule version does not inherit the old baseline, but a surge far
+            # beyond what the previous version did is still evidence.
+            prev_m = s.prev_baseline.expected(self._mid(s.bucket)) * (m / s.mu if s.mu else 0)
+            r = p.cfg.extreme_ratio
+            g = glr_up(x, r * prev_m, s.disp) if prev_m > 0 else 0.0
+            if g >= p.h_extreme and x > r * prev_m:
+                ev = self._evidence(
+                    "extreme_vs_previous_version", g, p.h_extreme, s.bucket, x, prev_m, at
+                )
+                self._finding("extreme_surge", ev, at, pause=p.cfg.pause_on_extreme)
+
+    def _judge(self, x: float, m: float, at: float, partial: bool) -> None:
+        """Run the surge tests on count ``x`` against expectation ``m``."""
+        s, p = self.s, self.p
+        c = s.disp
+        best: tuple[float, str, float, float, int] | None = None
+        g = glr_up(x, m, c)
+        if g >= p.h_burst:
+            best = (g / p.h_burst, "burst", g, p.h_burst, s.bucket)
+        for k, rho in enumerate(p.shifts):
+            stat = s.charts[k] + llr(x, m, c, rho) if partial else s.charts[k]
+            if stat >= p.h_chart:
+                onset = s.onsets[k] if s.charts[k] > 0 else s.bucket
+                cand = (stat / p.h_chart, f"cusum_x{rho:g}", stat, p.h_chart, onset)
+                if best is None or cand[0] > best[0]:
+                    best = cand
+        if best is not None:
+            _, test, stat, threshold, onset = best
+            self._surge(test, stat, threshold, onset, x, m, at)
+
+    def _surge(
+        self, test: str, stat: float, threshold: float, onset: int, x: float, m: float, at: float
+    ) -> None:
+        s, p = self.s, self.p
+        cfg = p.cfg
+        extra = self._attribution(onset, m)
+        if extra is None:
+            return
+        ev = self._evidence(test, stat, threshold, onset, x, m, at)
+        ev.update(extra)
+        big_x, big_m = ev["observed"], ev["expected"]
+        r = cfg.extreme_ratio
+        extreme = big_x > r * big_m and glr_up(big_x, r * big_m, s.disp) >= p.h_extreme
+        n, k, e = ev.pop("_n"), ev.pop("_k"), ev.pop("_e")
+        shift_stat = binomial_excess(k, n, e / n) if n > 0 else 0.0
+        shift = n > 0 and (k - e) / n >= cfg.shift_min_excess and shift_stat >= p.h_shift
+        ev["shift_statistic"] = round(shift_stat, 3)
+        ev["shift_threshold"] = round(p.h_shift, 3)
+        if extreme and cfg.pause_on_extreme:
+            self._finding("extreme_surge", ev, at, pause=True)
+        elif shift and cfg.pause_on_shift:
+            self._finding("surge_with_shift", ev, at, pause=True)
+        elif cfg.alert_on_usual_surge:
+            self._finding("surge", ev, at, pause=False)
+
+    def _attribution(self, onset: int, m: float) -> dict[str, Any] | None:
+        """Extra evidence for a surge, or ``None`` when it is not this detector's finding."""
+        return {}
+
+    def _window(self, onset: int) -> int:
+        """Index into the history lists of the first bucket of an incident window."""
+        s = self.s
+        return max(0, len(s.hist_x) - (s.bucket - onset))
+
+    def current_makeup(self) -> tuple[float, float, float]:
+        """``(targets with known make-up, outside, expected outside)`` of the open bucket."""
+        s = self.s
+        if not s.known:
+            return 0.0, 0.0, 0.0
+        return s.x, s.makeup.outside(s.cells), s.makeup.outside_share * s.x
+
+    def _evidence(
+        self, test: str, stat: float, threshold: float, onset: int, x: float, m: float, at: float
+    ) -> dict[str, Any]:
+        s, p = self.s, self.p
+        i = self._window(onset)
+        big_x = sum(s.hist_x[i:]) + x
+        big_m = sum(s.hist_m[i:]) + m
+        n0, k0, e0 = self.current_makeup()
+        n = sum(s.hist_n[i:]) + n0
+        k = sum(s.hist_out[i:]) + k0
+        e = sum(s.hist_eout[i:]) + e0
+        start = (s.bucket - (len(s.hist_x) - i)) * p.bucket_s
+        return {
+            "test": test,
+            "statistic": round(stat, 3),
+            "threshold": round(threshold, 3),
+            "observed": big_x,
+            "expected": round(big_m, 4),
+            "ratio": round(big_x / big_m, 3) if big_m > 0 else None,
+            "onset": to_rfc3339(start),
+            "window_seconds": at - start,
+            "outside_share": round(k / n, 4) if n > 0 else None,
+            "usual_outside_share": round(e / n, 4) if n > 0 else None,
+            "dispersion": round(s.disp, 4),
+            "warming_up": s.warm,
+            "rule_version": s.rule_version,
+            "config_version": p.config_version,
+            "_n": n,
+            "_k": k,
+            "_e": e,
+        }
+
+    # ----- findings and transitions -----
+    def _finding(self, reason: str, ev: dict[str, Any], at: float, pause: bool) -> None:
+        s = self.s
+        for key in ("_n", "_k", "_e"):
+            ev.pop(key, None)
+        state = State(s.state)
+        if pause and state in CAN_PAUSE and at >= s.grace_until:
+            trigger = Trigger.TRIP if state == State.CLOSED else Trigger.PROBE_FAILED
+            if trigger == Trigger.PROBE_FAILED:
+                s.cooldown = min(2 * s.cooldown, self.p.cfg.max_cooldown_seconds)
+            self._transition(trigger, reason, ev, at)
+            s.until = at + s.cooldown
+            self._reset_tests()
+            return
+        if reason in s.alerts:
+            return
+        s.alerts.append(reason)
+        ev["would_pause"] = pause
+        self.emit(Record(s.rule_id, at, ALERT, s.state, s.state, reason, ev))
+
+    def _transition(self, trigger: Trigger, reason: str, ev: dict[str, Any], at: float) -> None:
+        s = self.s
+        old = State(s.state)
+        new = next_state(s.rule_id, old, trigger)
+        if new is None:
+            return
+        s.state, s.since, s.reason = new.value, at, reason
+        s.version += 1
+        ev.setdefault("config_version", self.p.config_version)
+        ev["trigger"] = trigger.value
+        ev["state_version"] = s.version
+        self.emit(Record(s.rule_id, at, TRANSITION, old.value, new.value, reason, ev))
+
+    def _reset_tests(self) -> None:
+        s = self.s
+        s.charts = [0.0] * len(s.charts)
+        s.onsets = [s.bucket] * len(s.charts)
+        s.rev_chart = 0.0
+        s.silence_chart = 0.0
+        s.alerts = []
+
+    def check_timers(self, at: float) -> None:
+        """Cool-down and probe deadlines (event time ``at``)."""
+        s, cfg = self.s, self.p.cfg
+        if s.state == State.OPEN and at >= s.until:
+            self._transition(
+                Trigger.COOLDOWN_ELAPSED, "cooldown_elapsed", {"cooldown_seconds": s.cooldown}, at
+            )
+            s.until = at + cfg.probe_seconds
+            self._reset_tests()
+        elif s.state == State.HALF_OPEN and at >= s.until:
+            self._transition(
+                Trigger.PROBE_PASSED, "probe_passed", {"probe_seconds": cfg.probe_seconds}, at
+            )
+            s.cooldown = cfg.cooldown_seconds
+
+    @property
+    def timed(self) -> bool:
+        """True while a deadline is pending (cool-down or probe)."""
+        return self.s.state in (State.OPEN, State.HALF_OPEN)
+
+    def command(
+        self, trigger: Trigger, at: float, evidence: dict[str, Any], grace_seconds: float = 0.0
+    ) -> bool:
+        """Apply an operator trigger; ``False`` when it changed nothing."""
+        s = self.s
+        before = s.version
+        self._transition(trigger, trigger.value, dict(evidence), at)
+        if s.version == before:
+            return False
+        if trigger in (Trigger.OPERATOR_RESUME, Trigger.OPERATOR_ENABLE):
+            s.grace_until = at + grace_seconds
+            s.cooldown = self.p.cfg.cooldown_seconds
+        self._reset_tests()
+        return True
+
+    def reset_baseline(self, at: float, evidence: dict[str, Any]) -> None:
+        """Forget what was learned (e.g. after an intended policy change)."""
+        s = self.s
+        s.baseline, s.reversals, s.makeup = Baseline(), Baseline(), Makeup()
+        s.prev_baseline = None
+        self._reset_tests()
+        s.warm, s.known = True, False
+        self.emit(Record(s.rule_id, at, ALERT, s.state, s.state, "baseline_reset", evidence))
+
+    def _note_versions(self, versions: list[str], at: float) -> None:
+        s = self.s
+        for v in versions:
+            if v in s.known_versions:
+                continue
+            s.known_versions = [*s.known_versions, v][-MAX_VERSIONS:]
+            previous, s.rule_version = s.rule_version, v
+            if previous is None:
+                continue
+            if not s.baseline.warming_up(self.p.rates):
+                s.prev_baseline = s.baseline
+            s.baseline, s.reversals, s.makeup = Baseline(), Baseline(), Makeup()
+            self._reset_tests()
+            s.warm, s.known = True, False
+            self.emit(
+                Record(
+                    s.rule_id,
+                    at,
+                    ALERT,
+                    s.state,
+                    s.state,
+                    "rule_version_changed",
+                    {
+                        "previous_version": previous,
+                        "new_version": v,
+                        "note": "new baseline warms up; the old one bounds extreme surges",
+                        "config_version": self.p.config_version,
+                    },
+                )
+            )
+
+    # ----- buckets -----
+    def _mid(self, bucket: int) -> float:
+        return (bucket + 0.5) * self.p.bucket_s
+
+    def open_bucket(self, bucket: int) -> None:
+        """Start ``bucket``: clear the counters and fix its expectations."""
+        s, p = self.s, self.p
+        s.bucket = bucket
+        s.x = s.rev = s.shadow = s.other = 0.0
+        s.cells = {}
+        mid = self._mid(bucket)
+        s.mu = s.baseline.expected(mid)
+        s.mu_rev = s.reversals.expected(mid)
+        s.disp = s.baseline.dispersion(p.rates)
+        s.disp_rev = s.reversals.dispersion(p.rates)
+        s.warm = s.baseline.warming_up(p.rates)
+        mk = s.makeup
+        if bucket - mk.refreshed_bucket >= MAKEUP_REFRESH_BUCKETS:
+            mk.refresh(bucket, p.cfg.makeup_coverage)
+        s.known = (
+            bool(mk.usual)
+            and mk.decayed_total(bucket, p.cfg.makeup_half_life_buckets) >= p.cfg.makeup_min_events
+        )
+
+    def close_bucket(self, at: float) -> float:
+        """End the open bucket (``at``: its end); returns its anomaly score in [0, 1]."""
+        s, p = self.s, self.p
+        cfg = p.cfg
+        x, m, c = s.x, s.mu, s.disp
+        watched = s.state in WATCHED
+        score = 0.0
+        if watched and not s.warm:
+            cap_c = p.h_chart * cfg.statistic_cap
+            for k, rho in enumerate(p.shifts):
+                before = s.charts[k]
+                after = min(max(0.0, before + llr(x, m, c, rho)), cap_c)
+                if before == 0.0 and after > 0.0:
+                    s.onsets[k] = s.bucket
+                s.charts[k] = after
+            score = max(max(s.charts) / p.h_chart, glr_up(x, m, c) / p.h_burst)
+            if max(s.charts) >= p.h_chart:
+                self._judge(x, m, at, partial=False)
+            self._reversal_test(at)
+            self._silence_test(x, m, c, at)
+            if s.alerts and max(s.charts) < 0.5 * p.h_chart and glr_up(x, m, c) < p.h_burst:
+                s.alerts = [a for a in s.alerts if a not in SURGE_ALERTS]
+        elif s.alerts and s.warm and x < cfg.warmup_cap_per_bucket:
+            s.alerts = [a for a in s.alerts if a not in SURGE_ALERTS]
+        n, out, eout = self.current_makeup()
+        anomalous = bool(s.alerts) or score > 0.5 or s.rev_chart > 0.5 * p.h_reversal
+        if s.state in (State.CLOSED, State.DISABLED, State.SHADOW) and not anomalous:
+            mid = self._mid(s.bucket)
+            s.baseline.learn(mid, x, p.rates)
+            s.reversals.learn(mid, s.rev, p.rates)
+            s.makeup.learn(s.cells, s.bucket, cfg.makeup_half_life_buckets)
+            if s.baseline.n % p.rates.day_buckets == 0:
+                s.baseline.normalise()
+                s.reversals.normalise()
+        for lst, v in (
+            (s.hist_x, x),
+            (s.hist_m, m),
+            (s.hist_n, n),
+            (s.hist_out, out),
+            (s.hist_eout, eout),
+            (s.hist_rev, s.rev),
+        ):
+            lst.append(v)
+            if len(lst) > HISTORY_BUCKETS:
+                del lst[0]
+        return min(score, 1.0)
+
+    def _reversal_test(self, at: float) -> None:
+        s, p = self.s, self.p
+        before = s.rev_chart
+        s.rev_chart = min(
+            max(0.0, before + llr(s.rev, s.mu_rev, s.disp_rev, p.cfg.reversal_shift)),
+            p.h_reversal * p.cfg.statistic_cap,
+        )
+        if before == 0.0 and s.rev_chart > 0.0:
+            s.rev_onset = s.bucket
+        if s.rev_chart < p.h_reversal:
+            if "reversal_surge" in s.alerts and s.rev_chart < 0.5 * p.h_reversal:
+                s.alerts.remove("reversal_surge")
+            return
+        i = self._window(s.rev_onset)
+        observed = sum(s.hist_rev[i:]) + s.rev
+        if observed < p.cfg.reversal_min_count:
+            return
+        expected = sum(self._rev_expected(b) for b in range(s.rev_onset, s.bucket + 1))
+        ev = {
+            "test": f"cusum_reversals_x{p.cfg.reversal_shift:g}",
+            "statistic": round(s.rev_chart, 3),
+            "threshold": round(p.h_reversal, 3),
+            "observed": observed,
+            "expected": round(expected, 4),
+            "ratio": round(observed / expected, 3) if expected > 0 else None,
+            "onset": to_rfc3339(s.rev_onset * p.bucket_s),
+            "window_seconds": at - s.rev_onset * p.bucket_s,
+            "rule_version": s.rule_version,
+            "config_version": p.config_version,
+        }
+        self._finding("reversal_surge", ev, at, pause=p.cfg.pause_on_reversals)
+
+    def _rev_expected(self, bucket: int) -> float:
+        return self.s.reversals.expected(self._mid(bucket))
+
+    def _silence_test(self, x: float, m: float, c: float, at: float) -> None:
+        s, p = self.s, self.p
+        s.silence_chart = min(
+            max(0.0, s.silence_chart + llr(x, m, c, p.cfg.silence_shift)),
+            p.h_silence * p.cfg.statistic_cap,
+        )
+        if s.silence_chart == 0.0 and "silent" in s.alerts:
+            s.alerts.remove("silent")
+        if s.silence_chart >= p.h_silence and p.cfg.alert_on_silence and "silent" not in s.alerts:
+            ev = {
+                "test": f"cusum_silence_x{p.cfg.silence_shift:g}",
+                "statistic": round(s.silence_chart, 3),
+                "threshold": round(p.h_silence, 3),
+                "observed_last_bucket": x,
+                "expected_last_bucket": round(m, 4),
+                "rule_version": s.rule_version,
+                "config_version": p.config_version,
+            }
+            self._finding("silent", ev, at, pause=False)

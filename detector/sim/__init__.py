@@ -1,0 +1,1 @@
+"""Traffic simulator: rules with seasonality, noise, spam waves and incidents (seeded)."""
