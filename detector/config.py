@@ -164,8 +164,9 @@ class EngineConfig:
 
     @property
     def pause_tests(self) -> int:
-        """Tests that can pause a rule: each surge chart, the burst test, reversals."""
-        return len(self.surge_shifts) + 2
+        """Tests that can pause a rule: each surge chart, the bucket and short-window
+        tests, reversals."""
+        return len(self.surge_shifts) + 3
 
     def pause_threshold(self, looks_per_bucket: int = 1) -> float:
         """Log-likelihood-ratio threshold of one pause test looked at this often."""

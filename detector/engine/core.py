@@ -16,9 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from detector.config import EngineConfig
+from detector.engine.baseline import position
 from detector.engine.breaker import PAUSED, State, Trigger
 from detector.engine.params import Params
-from detector.engine.rule import RuleDetector, RuleState
+from detector.engine.rule import WARMUP_LEVEL_BUCKETS, RuleDetector, RuleState
 from detector.errors import StateError
 from detector.wire.aggregates import RuleTick
 from detector.wire.events import GLOBAL_RULE_ID
@@ -110,9 +111,12 @@ class Engine:
         self.tick: int | None = None
         """Last judged tick (``None`` before the first)."""
         self.bucket: int | None = None
+        self.start_bucket = 0
         self.watermark = -math.inf
         self.pending: dict[int, dict[str, RuleTick]] = {}
         self.recent_trips: list[tuple[float, str]] = []
+        self._timed: set[str] = set()
+        """Rules with a pending deadline (cool-down or probe)."""
         self.late_rejected = 0
         self.glob: GlobalDetector | None = None
 
@@ -142,7 +146,11 @@ class Engine:
         rule = self.rules.get(rule_id)
         if rule is None:
             assert self.bucket is not None
-            rule = RuleDetector.new(rule_id, self.bucket, at, self.params, self._out.append)
+            # Rules seen in the engine's first hour existed before it started: no cap.
+            capped = self.bucket - self.start_bucket >= WARMUP_LEVEL_BUCKETS
+            rule = RuleDetector.new(
+                rule_id, self.bucket, at, self.params, self._out.append, capped=capped
+            )
             self.rules[rule_id] = rule
             bisect.insort(self._order, rule_id)
         return rule
@@ -171,8 +179,10 @@ class Engine:
             self._judge_tick(nxt)
             if nxt == bucket_last:
                 self._close_bucket()
-            if self.glob is not None and len(self._out) > mark:
-                self._many_rules(mark, (nxt + 1) * p.tick_s)
+            if len(self._out) > mark:
+                self._track(mark)
+                if self.glob is not None:
+                    self._many_rules(mark, (nxt + 1) * p.tick_s)
         return self._drain()
 
     def finish(self) -> list[Record]:
@@ -185,15 +195,19 @@ class Engine:
         return self.advance(end + self.config.lateness_seconds)
 
     def _start(self, bucket: int) -> None:
-        self.bucket = bucket
+        self.bucket = self.start_bucket = bucket
         self.tick = bucket * self.params.tpb - 1
         if self.global_view and self.glob is None:
             at = bucket * self.params.bucket_s
             state = RuleState(
-                GLOBAL_RULE_ID, bucket, since=at, cooldown=self.config.cooldown_seconds
+                GLOBAL_RULE_ID,
+                bucket,
+                since=at,
+                cooldown=self.config.cooldown_seconds,
+                capped=False,
             )
             self.glob = GlobalDetector(state, self.params, self._out.append, self.rules)
-            self.glob.open_bucket(bucket)
+            self.glob.open_bucket(bucket, position((bucket + 0.5) * self.params.bucket_s))
 
     def _judge_tick(self, tick: int) -> None:
         p = self.params
@@ -211,15 +225,20 @@ class Engine:
                     glob.add(agg, at)
                 touched.append(rule)
             for rule in touched:
-                rule.on_tick(j, at)
+                rule.on_tick(tick, j, at)
             if glob is not None:
-                glob.on_tick(j, at)
-        for rule_id in self._order:
-            rule = self.rules[rule_id]
-            if rule.timed:
-                rule.check_timers(at)
-        if glob is not None and glob.timed:
-            glob.check_timers(at)
+                glob.on_tick(tick, j, at)
+        for rule_id in sorted(self._timed):
+            self._target(rule_id, at).check_timers(at)
+
+    def _track(self, mark: int) -> None:
+        """Keep the set of rules with a deadline in step with their transitions."""
+        for rec in self._out[mark:]:
+            if rec.kind == TRANSITION:
+                if self._target(rec.rule_id, rec.at).timed:
+                    self._timed.add(rec.rule_id)
+                else:
+                    self._timed.discard(rec.rule_id)
 
     def _many_rules(self, mark: int, at: float) -> None:
         """Many rules tripping together is one incident: halt globally."""
@@ -257,23 +276,25 @@ class Engine:
         end = (self.bucket + 1) * p.bucket_s
         start = self.bucket * p.bucket_s
         hook = self.on_bucket
+        here = position(start + p.bucket_s / 2)
         for rule_id in self._order:
             rule = self.rules[rule_id]
             x, mu = rule.s.x, rule.s.mu
-            score = rule.close_bucket(end)
+            score = rule.close_bucket(end, here)
             if hook is not None:
                 hook(rule_id, start, x, mu, score)
         glob = self.glob
         if glob is not None:
             x, mu = glob.s.x, glob.s.mu
-            score = glob.close_bucket(end)
+            score = glob.close_bucket(end, here)
             if hook is not None:
                 hook(GLOBAL_RULE_ID, start, x, mu, score)
         self.bucket += 1
+        nxt = position(end + p.bucket_s / 2)
         for rule_id in self._order:
-            self.rules[rule_id].open_bucket(self.bucket)
+            self.rules[rule_id].open_bucket(self.bucket, nxt)
         if glob is not None:
-            glob.open_bucket(self.bucket)
+            glob.open_bucket(self.bucket, nxt)
 
     def _drain(self) -> list[Record]:
         out, self._out[:] = list(self._out), []
@@ -290,8 +311,9 @@ class Engine:
     ) -> list[Record]:
         """Apply an operator trigger to a rule (``*``: the global halt) at event time ``at``."""
         self._ensure_started(at)
-        target = self._target(rule_id, at)
-        target.command(trigger, at, evidence, grace_seconds)
+        mark = len(self._out)
+        self._target(rule_id, at).command(trigger, at, evidence, grace_seconds)
+        self._track(mark)
         return self._drain()
 
     def reset_baseline(self, rule_id: str, at: float, evidence: dict[str, Any]) -> list[Record]:
@@ -310,6 +332,11 @@ class Engine:
                 raise StateError("this engine has no global view")
             return self.glob
         return self._rule(rule_id, at)
+
+    def _is_timed(self, rule_id: str) -> bool:
+        if rule_id == GLOBAL_RULE_ID:
+            return self.glob is not None and self.glob.timed
+        return self.rules[rule_id].timed
 
     def state_of(self, rule_id: str) -> RuleState | None:
         """The state of a rule (``*``: global), or ``None`` if never seen."""
@@ -366,6 +393,7 @@ class Engine:
                 eng.glob = GlobalDetector(
                     RuleState.from_dict(data["global"]), eng.params, eng._out.append, eng.rules
                 )
+            eng._timed = {r for r in [*eng.rules, GLOBAL_RULE_ID] if eng._is_timed(r)}
             for t, aggs in data["pending"].items():
                 eng.pending[int(t)] = {r: RuleTick.from_dict(a) for r, a in aggs.items()}
         except (KeyError, TypeError, ValueError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from detector.config import EngineConfig
@@ -20,6 +21,11 @@ class Params:
     shifts: tuple[float, ...]
     h_chart: float
     h_burst: float
+    h_window: float
+    h_joint_min: float
+    """Rate evidence needed before who-is-hit evidence may add to it."""
+    joint_extra: float
+    """Threshold increase for a sum of two likelihood ratios (union bound on the sum)."""
     h_reversal: float
     h_silence: float
     h_shift: float
@@ -48,6 +54,9 @@ class Params:
             shifts=tuple(cfg.surge_shifts),
             h_chart=cfg.pause_threshold(1),
             h_burst=cfg.pause_threshold(cfg.ticks_per_bucket),
+            h_window=cfg.pause_threshold(cfg.ticks_per_bucket * 4),
+            h_joint_min=cfg.extreme_threshold,
+            joint_extra=math.log1p(cfg.pause_threshold(cfg.ticks_per_bucket * 4)),
             h_reversal=cfg.pause_threshold(1),
             h_silence=cfg.alert_threshold(),
             h_shift=cfg.shift_threshold,

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from detector.engine.baseline import Baseline
+from detector.engine.baseline import Baseline, Position, position
 from detector.engine.breaker import CAN_PAUSE, WATCHED, State, Trigger, next_state
 from detector.engine.makeup import Makeup
 from detector.engine.params import Params
@@ -30,11 +30,16 @@ from detector.wire.aggregates import RuleTick
 from detector.wire.records import ALERT, TRANSITION, Record
 from detector.wire.timefmt import to_rfc3339
 
+WARMUP_LEVEL_BUCKETS = 60
+"""Buckets of history before a warming-up rule is judged against its own level."""
 HISTORY_BUCKETS = 180
 """Closed buckets kept per rule to size the incident window (3 h of 1-minute buckets)."""
 MAX_VERSIONS = 8
 SURGE_ALERTS = frozenset({"surge", "extreme_surge", "surge_with_shift", "warmup_cap"})
 MAKEUP_REFRESH_BUCKETS = 60
+WINDOWS = (1, 2, 4, 8)
+"""Sliding windows (in ticks) of the short-window test: a surge that starts in the
+middle of a bucket is judged on its own ticks, not diluted by the bucket's start."""
 
 Emit = Callable[[Record], None]
 
@@ -52,6 +57,8 @@ class RuleState:
     cooldown: float = 0.0
     until: float = 0.0
     grace_until: float = 0.0
+    capped: bool = True
+    """The absolute warm-up cap applies (not for rules present when the engine started)."""
     rule_version: str | None = None
     known_versions: list[str] = field(default_factory=list)
     prev_baseline: Baseline | None = None
@@ -70,6 +77,17 @@ class RuleState:
     shadow: float = 0.0
     other: float = 0.0
     cells: dict[str, float] = field(default_factory=dict)
+    out_x: float = 0.0
+    """Of ``x``, targets outside the rule's usual population (when the make-up is known)."""
+    tick_x: float = 0.0
+    """Deactivations added since the last judged tick."""
+    tick_out: float = 0.0
+    recent: list[float] = field(default_factory=list)
+    """Deactivations of the last ``max(WINDOWS)`` ticks, oldest first."""
+    recent_out: list[float] = field(default_factory=list)
+    """Of ``recent``, targets outside the usual population."""
+    recent_tick: int = -1
+    """Tick index of the newest entry of ``recent``."""
     mu: float = 0.0
     mu_rev: float = 0.0
     disp: float = 0.0
@@ -99,7 +117,9 @@ class RuleState:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RuleState:
         """Inverse of :meth:`to_dict`."""
-        values = dict(d)
+        values: dict[str, Any] = {
+            k: (v.copy() if isinstance(v, list | dict) else v) for k, v in d.items()
+        }
         for name in ("baseline", "reversals"):
             values[name] = Baseline.from_dict(values[name])
         if values["prev_baseline"] is not None:
@@ -122,12 +142,15 @@ class RuleDetector:
             state.onsets = [state.bucket] * len(params.shifts)
 
     @classmethod
-    def new(cls, rule_id: str, bucket: int, at: float, params: Params, emit: Emit) -> RuleDetector:
+    def new(
+        cls, rule_id: str, bucket: int, at: float, params: Params, emit: Emit, capped: bool = True
+    ) -> RuleDetector:
         """A rule seen for the first time, warming up, in ``bucket``."""
-        det = cls(
-            RuleState(rule_id, bucket, since=at, cooldown=params.cfg.cooldown_seconds), params, emit
+        state = RuleState(
+            rule_id, bucket, since=at, cooldown=params.cfg.cooldown_seconds, capped=capped
         )
-        det.open_bucket(bucket)
+        det = cls(state, params, emit)
+        det.open_bucket(bucket, position((bucket + 0.5) * params.bucket_s))
         return det
 
     # ----- feeding -----
@@ -137,57 +160,146 @@ class RuleDetector:
         if agg.versions:
             self._note_versions(agg.versions, at)
         s.x += agg.deactivations
+        s.tick_x += agg.deactivations
         s.rev += agg.reversals
         s.shadow += agg.shadow
         s.other += agg.other
         cells = s.cells
-        for cell, n in agg.cells.items():
-            cells[cell] = cells.get(cell, 0.0) + n
+        if s.known:
+            usual = s.makeup.usual
+            out = 0.0
+            for cell, n in agg.cells.items():
+                cells[cell] = cells.get(cell, 0.0) + n
+                if cell not in usual:
+                    out += n
+            s.out_x += out
+            s.tick_out += out
+        else:
+            for cell, n in agg.cells.items():
+                cells[cell] = cells.get(cell, 0.0) + n
 
-    def on_tick(self, j: int, at: float) -> None:
-        """Judge the still-filling bucket after ``j`` of its ticks (``at``: tick end)."""
+    def on_tick(self, tick: int, j: int, at: float) -> None:
+        """Judge the still-filling bucket after ``j`` of its ticks (``tick``: the tick's
+        index, ``at``: its end)."""
         s, p = self.s, self.p
+        gap = min(tick - s.recent_tick - 1, WINDOWS[-1]) if s.recent_tick >= 0 else 0
+        for ring, value in ((s.recent, s.tick_x), (s.recent_out, s.tick_out)):
+            if gap > 0:
+                ring.extend([0.0] * gap)
+            ring.append(value)
+            if len(ring) > WINDOWS[-1]:
+                del ring[: len(ring) - WINDOWS[-1]]
+        s.recent_tick = tick
+        s.tick_x = s.tick_out = 0.0
         if s.state not in WATCHED:
             return
         x = s.x
         m = s.mu * j / p.tpb
         if s.warm:
-            self._judge_warmup(x, m, at)
+            self._judge_warmup(x, m, j, at)
             return
         h = p.h_burst
         for v in s.charts:
             if p.h_chart - v < h:
                 h = p.h_chart - v
+        if s.known and x > 0 and s.out_x / x - s.makeup.outside_share >= p.cfg.shift_min_excess:
+            h = min(h, p.h_joint_min)
         if could_exceed(x, m, h):
             self._judge(x, m, at, partial=True)
+        if s.state in WATCHED:
+            self._judge_windows(at)
+
+    def _judge_windows(self, at: float) -> None:
+        """The short-window test: the last 1, 2, 4 and 8 ticks against their expectation."""
+        s, p = self.s, self.p
+        per_tick = s.mu / p.tpb
+        recent, recent_out = s.recent, s.recent_out
+        h, h_min = p.h_window, p.h_joint_min
+        xw = kw = 0.0
+        best: tuple[float, int, float, float, float, float] | None = None
+        done = 0
+        for w in WINDOWS:
+            if w > len(recent):
+                break
+            while done < w:
+                done += 1
+                xw += recent[-done]
+                kw += recent_out[-done]
+            mw = per_tick * w
+            if not could_exceed(xw, mw, h_min):
+                continue
+            g = glr_up(xw, mw, s.disp)
+            stat, thr = self._joint(g, xw, kw, h)
+            if stat >= thr and (best is None or stat / thr > best[0]):
+                best = (stat / thr, w, xw, mw, kw, stat)
+        if best is None:
+            return
+        score, w, xw, mw, kw, stat = best
+        start = at - w * p.tick_s
+        window = (start, xw, kw, s.makeup.outside_share * xw if s.known else 0.0)
+        self._surge(f"window_{w * p.tick_s:g}s", stat, stat / score, s.bucket, xw, mw, at, window)
+
+    def _joint(self, g: float, n: float, k: float, h: float) -> tuple[float, float]:
+        """Combine rate evidence ``g`` with who-is-hit evidence (``k`` of ``n`` outside).
+
+        Returns ``(statistic, threshold)``: ``(g, h)`` alone, or, when at least a
+        modest surge (``h_joint_min``) is mostly hitting outside the usual population,
+        the sum of both log-likelihood ratios against a threshold raised for the sum.
+        """
+        s, p = self.s, self.p
+        if g < p.h_joint_min or not s.known or n <= 0:
+            return g, h
+        p0 = s.makeup.outside_share
+        if k / n - p0 < p.cfg.shift_min_excess:
+            return g, h
+        joint = g + binomial_excess(k, n, p0)
+        thr = h + p.joint_extra
+        return (joint, thr) if joint / thr > g / h else (g, h)
 
     # ----- tests -----
-    def _judge_warmup(self, x: float, m: float, at: float) -> None:
+    def _judge_warmup(self, x: float, m: float, j: int, at: float) -> None:
+        """Warm-up: no seasonal baseline yet, so only gross excess is judged.
+
+        A new rule is paused when a bucket reaches the absolute cap; once it has an
+        hour of history, a surge of ``extreme_ratio`` times its own (flat) level
+        pauses it too, and a rule whose level is above the cap is judged only that
+        way. Rules present when the engine started have no cap: a cold start must
+        not pause every busy rule. A new rule version is also held to the previous
+        version's baseline.
+        """
         s, p = self.s, self.p
-        cap = p.cfg.warmup_cap_per_bucket
-        if x >= cap:
-            ev = self._evidence("warmup_cap", x, cap, s.bucket, x, s.mu, at)
+        cfg = p.cfg
+        r = cfg.extreme_ratio
+        frac = j / p.tpb
+        has_level = s.baseline.n >= WARMUP_LEVEL_BUCKETS
+        level_m = s.baseline.level * frac
+        if s.capped and x >= cfg.warmup_cap_per_bucket and (not has_level or x >= r * level_m):
+            ev = self._evidence("warmup_cap", x, cfg.warmup_cap_per_bucket, s.bucket, x, m, at)
             self._finding("warmup_cap", ev, at, pause=True)
-        elif s.prev_baseline is not None:
-            # A new rule version does not inherit the old baseline, but a surge far
-            # beyond what the previous version did is still evidence.
-            prev_m = s.prev_baseline.expected(self._mid(s.bucket)) * (m / s.mu if s.mu else 0)
-            r = p.cfg.extreme_ratio
-            g = glr_up(x, r * prev_m, s.disp) if prev_m > 0 else 0.0
-            if g >= p.h_extreme and x > r * prev_m:
-                ev = self._evidence(
-                    "extreme_vs_previous_version", g, p.h_extreme, s.bucket, x, prev_m, at
-                )
-                self._finding("extreme_surge", ev, at, pause=p.cfg.pause_on_extreme)
+            return
+        for test, ref in (
+            ("warmup_extreme", level_m if has_level else 0.0),
+            (
+                "extreme_vs_previous_version",
+                s.prev_baseline.expected_at(self._pos) * frac if s.prev_baseline else 0.0,
+            ),
+        ):
+            if ref <= 0 or x <= r * ref:
+                continue
+            g = glr_up(x, r * ref, s.disp)
+            if g >= p.h_extreme:
+                ev = self._evidence(test, g, p.h_extreme, s.bucket, x, ref, at)
+                self._finding("extreme_surge", ev, at, pause=cfg.pause_on_extreme)
+                return
 
     def _judge(self, x: float, m: float, at: float, partial: bool) -> None:
         """Run the surge tests on count ``x`` against expectation ``m``."""
         s, p = self.s, self.p
         c = s.disp
         best: tuple[float, str, float, float, int] | None = None
-        g = glr_up(x, m, c)
-        if g >= p.h_burst:
-            best = (g / p.h_burst, "burst", g, p.h_burst, s.bucket)
+        g, thr = self._joint(glr_up(x, m, c), x, s.out_x, p.h_burst)
+        if g >= thr:
+            best = (g / thr, "burst", g, thr, s.bucket)
         for k, rho in enumerate(p.shifts):
             stat = s.charts[k] + llr(x, m, c, rho) if partial else s.charts[k]
             if stat >= p.h_chart:
@@ -200,14 +312,27 @@ class RuleDetector:
             self._surge(test, stat, threshold, onset, x, m, at)
 
     def _surge(
-        self, test: str, stat: float, threshold: float, onset: int, x: float, m: float, at: float
+        self,
+        test: str,
+        stat: float,
+        threshold: float,
+        onset: int,
+        x: float,
+        m: float,
+        at: float,
+        window: tuple[float, float, float, float] | None = None,
     ) -> None:
+        """A surge test fired: apply the decision policy.
+
+        ``window`` is ``(start, targets, outside, expected outside)`` of a short
+        window; without it the evidence spans the closed buckets since ``onset``.
+        """
         s, p = self.s, self.p
         cfg = p.cfg
         extra = self._attribution(onset, m)
         if extra is None:
             return
-        ev = self._evidence(test, stat, threshold, onset, x, m, at)
+        ev = self._evidence(test, stat, threshold, onset, x, m, at, window)
         ev.update(extra)
         big_x, big_m = ev["observed"], ev["expected"]
         r = cfg.extreme_ratio
@@ -238,20 +363,34 @@ class RuleDetector:
         s = self.s
         if not s.known:
             return 0.0, 0.0, 0.0
-        return s.x, s.makeup.outside(s.cells), s.makeup.outside_share * s.x
+        return s.x, s.out_x, s.makeup.outside_share * s.x
 
     def _evidence(
-        self, test: str, stat: float, threshold: float, onset: int, x: float, m: float, at: float
+        self,
+        test: str,
+        stat: float,
+        threshold: float,
+        onset: int,
+        x: float,
+        m: float,
+        at: float,
+        window: tuple[float, float, float, float] | None = None,
     ) -> dict[str, Any]:
+        """Evidence over the incident window: closed buckets since ``onset`` plus the
+        open bucket's ``x`` against ``m``; or, with ``window``, just that short window."""
         s, p = self.s, self.p
-        i = self._window(onset)
-        big_x = sum(s.hist_x[i:]) + x
-        big_m = sum(s.hist_m[i:]) + m
-        n0, k0, e0 = self.current_makeup()
-        n = sum(s.hist_n[i:]) + n0
-        k = sum(s.hist_out[i:]) + k0
-        e = sum(s.hist_eout[i:]) + e0
-        start = (s.bucket - (len(s.hist_x) - i)) * p.bucket_s
+        if window is not None:
+            start, n, k, e = window
+            big_x, big_m = x, m
+        else:
+            n0, k0, e0 = self.current_makeup()
+            i = self._window(onset)
+            big_x = sum(s.hist_x[i:]) + x
+            big_m = sum(s.hist_m[i:]) + m
+            n = sum(s.hist_n[i:]) + n0
+            k = sum(s.hist_out[i:]) + k0
+            e = sum(s.hist_eout[i:]) + e0
+            start = (s.bucket - (len(s.hist_x) - i)) * p.bucket_s
         return {
             "test": test,
             "statistic": round(stat, 3),
@@ -370,7 +509,7 @@ class RuleDetector:
                 s.prev_baseline = s.baseline
             s.baseline, s.reversals, s.makeup = Baseline(), Baseline(), Makeup()
             self._reset_tests()
-            s.warm, s.known = True, False
+            s.warm, s.known, s.capped = True, False, True
             self.emit(
                 Record(
                     s.rule_id,
@@ -389,18 +528,18 @@ class RuleDetector:
             )
 
     # ----- buckets -----
-    def _mid(self, bucket: int) -> float:
-        return (bucket + 0.5) * self.p.bucket_s
+    @property
+    def _pos(self) -> Position:
+        return position((self.s.bucket + 0.5) * self.p.bucket_s)
 
-    def open_bucket(self, bucket: int) -> None:
-        """Start ``bucket``: clear the counters and fix its expectations."""
+    def open_bucket(self, bucket: int, pos: Position) -> None:
+        """Start ``bucket`` (profile position of its midpoint: ``pos``)."""
         s, p = self.s, self.p
         s.bucket = bucket
-        s.x = s.rev = s.shadow = s.other = 0.0
+        s.x = s.rev = s.shadow = s.other = s.out_x = 0.0
         s.cells = {}
-        mid = self._mid(bucket)
-        s.mu = s.baseline.expected(mid)
-        s.mu_rev = s.reversals.expected(mid)
+        s.mu = s.baseline.expected_at(pos)
+        s.mu_rev = s.reversals.expected_at(pos)
         s.disp = s.baseline.dispersion(p.rates)
         s.disp_rev = s.reversals.dispersion(p.rates)
         s.warm = s.baseline.warming_up(p.rates)
@@ -412,8 +551,11 @@ class RuleDetector:
             and mk.decayed_total(bucket, p.cfg.makeup_half_life_buckets) >= p.cfg.makeup_min_events
         )
 
-    def close_bucket(self, at: float) -> float:
-        """End the open bucket (``at``: its end); returns its anomaly score in [0, 1]."""
+    def close_bucket(self, at: float, pos: Position) -> float:
+        """End the open bucket (``at``: its end, ``pos``: its midpoint's profile position).
+
+        Returns the bucket's anomaly score in [0, 1].
+        """
         s, p = self.s, self.p
         cfg = p.cfg
         x, m, c = s.x, s.mu, s.disp
@@ -439,9 +581,8 @@ class RuleDetector:
         n, out, eout = self.current_makeup()
         anomalous = bool(s.alerts) or score > 0.5 or s.rev_chart > 0.5 * p.h_reversal
         if s.state in (State.CLOSED, State.DISABLED, State.SHADOW) and not anomalous:
-            mid = self._mid(s.bucket)
-            s.baseline.learn(mid, x, p.rates)
-            s.reversals.learn(mid, s.rev, p.rates)
+            s.baseline.learn(pos, x, p.rates)
+            s.reversals.learn(pos, s.rev, p.rates)
             s.makeup.learn(s.cells, s.bucket, cfg.makeup_half_life_buckets)
             if s.baseline.n % p.rates.day_buckets == 0:
                 s.baseline.normalise()
@@ -492,7 +633,7 @@ class RuleDetector:
         self._finding("reversal_surge", ev, at, pause=p.cfg.pause_on_reversals)
 
     def _rev_expected(self, bucket: int) -> float:
-        return self.s.reversals.expected(self._mid(bucket))
+        return self.s.reversals.expected((bucket + 0.5) * self.p.bucket_s)
 
     def _silence_test(self, x: float, m: float, c: float, at: float) -> None:
         s, p = self.s, self.p

@@ -20,6 +20,8 @@ MIN_MEAN = 1e-3
 def llr_coefficients(m: float, c: float, rho: float) -> tuple[float, float]:
     """``(a, b)`` such that the log-likelihood ratio of rate ``rho*m`` against
     ``m`` for an observed count ``x`` is ``a*x + b``."""
+    if c <= 0:  # the Poisson limit of the expression below
+        return math.log(rho), m * (1.0 - rho)
     r = math.log1p(c * m) - math.log1p(c * rho * m)
     return math.log(rho) + r, r / c
 
@@ -37,7 +39,13 @@ def glr_up(x: float, m: float, c: float) -> float:
     """
     if x <= m:
         return 0.0
-    return x * math.log(x / m) + (x + 1.0 / c) * (math.log1p(c * m) - math.log1p(c * x))
+    if c <= 0:  # the Poisson limit
+        g = x * math.log(x / m) - (x - m)
+    else:
+        g = x * math.log(x / m) + (x + 1.0 / c) * (math.log1p(c * m) - math.log1p(c * x))
+    # Just above ``m`` the two terms cancel and rounding can leave a tiny negative
+    # value; the maximum over ``rho >= 1`` includes ``rho = 1``, where the ratio is 0.
+    return max(g, 0.0)
 
 
 def could_exceed(x: float, m: float, h: float) -> bool:

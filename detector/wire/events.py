@@ -22,6 +22,7 @@ from typing import Any, Final
 import orjson
 
 from detector.errors import ContractError
+from detector.wire.timefmt import from_rfc3339
 
 DEACTIVATIONS: Final = frozenset({"deactivate_account", "suspend_account"})
 REVERSALS: Final = frozenset({"reinstate_account", "restore_content"})
@@ -115,8 +116,10 @@ def parse_event(raw: bytes | str, *, max_bytes: int = MAX_EVENT_BYTES) -> Event:
     ``not_json``, ``not_object``, ``missing_field``, ``invalid_type`` or
     ``invalid_value``.
     """
-    if len(raw) > max_bytes:
-        raise ContractError("too_large", None, f"event is larger than {max_bytes} bytes", len(raw))
+    # The limit is on encoded bytes, also when the caller hands over text.
+    size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise ContractError("too_large", None, f"event is larger than {max_bytes} bytes", size)
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -132,20 +135,15 @@ def parse_event(raw: bytes | str, *, max_bytes: int = MAX_EVENT_BYTES) -> Event:
 
 
 def _time(value: Any) -> float:
+    epoch: float | None
     if isinstance(value, str):
-        from detector.wire.timefmt import from_rfc3339
-
-        if len(value) < 20 or value[4] != "-" or value[10] not in "Tt ":
-            raise ContractError(
-                "invalid_value", "occurred_at", "not an RFC 3339 timestamp with offset", value
-            )
         try:
             epoch = from_rfc3339(value)
         except ValueError as exc:
             raise ContractError("invalid_value", "occurred_at", str(exc), value) from None
     elif isinstance(value, int | float) and not isinstance(value, bool):
-        epoch = float(value)
-        if not math.isfinite(epoch):
+        epoch = _finite(value)
+        if epoch is None:
             raise ContractError("invalid_value", "occurred_at", "not a finite number", value)
     else:
         raise ContractError(
@@ -154,6 +152,15 @@ def _time(value: Any) -> float:
     if not MIN_EPOCH <= epoch < MAX_EPOCH:
         raise ContractError("invalid_value", "occurred_at", "outside 2000-01-01..2100-01-01", value)
     return epoch
+
+
+def _finite(value: int | float) -> float | None:
+    """``value`` as a float, or ``None`` if it is infinite, NaN or too large for a float."""
+    try:
+        out = float(value)
+    except OverflowError:  # an int beyond the float range (only from event_from_obj)
+        return None
+    return out if math.isfinite(out) else None
 
 
 def _required_id(obj: dict[str, Any], field: str) -> str:
@@ -198,9 +205,10 @@ def event_from_obj(obj: Any) -> Event:
     if age is not None:
         if not isinstance(age, int | float) or isinstance(age, bool):
             raise ContractError("invalid_type", "account_age_days", "expected a number", age)
-        if not (math.isfinite(age) and age >= 0):
+        finite = _finite(age)
+        if finite is None or finite < 0:
             raise ContractError("invalid_value", "account_age_days", "expected >= 0", age)
-        age = float(age)
+        age = finite
     strikes = obj.get("account_prior_strikes")
     if strikes is not None:
         if not isinstance(strikes, int) or isinstance(strikes, bool):
@@ -210,8 +218,13 @@ def event_from_obj(obj: Any) -> Event:
         if strikes < 0:
             raise ContractError("invalid_value", "account_prior_strikes", "expected >= 0", strikes)
     source = obj.get("source")
-    if source is not None and source not in SOURCES:
-        raise ContractError("invalid_value", "source", f"expected one of {sorted(SOURCES)}", source)
+    if source is not None:
+        if not isinstance(source, str):
+            raise ContractError("invalid_type", "source", "expected a string", source)
+        if source not in SOURCES:
+            raise ContractError(
+                "invalid_value", "source", f"expected one of {sorted(SOURCES)}", source
+            )
     region = obj.get("region")
     if region is not None:
         if not isinstance(region, str):

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
+from typing import Final
+
+# RFC 3339 section 5.6 ``date-time``, plus the space separator its note allows.
+# ``datetime.fromisoformat`` alone is far more lenient (week dates, offsets
+# without minutes, times without seconds), so the shape is checked first.
+_RFC3339: Final = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]"
+    r"([0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?)"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})?"
+)
 
 
 def to_rfc3339(epoch: float) -> str:
@@ -21,7 +32,12 @@ def from_rfc3339(text: str) -> float:
 
     Raises ``ValueError`` for text without an offset or that is not a timestamp.
     """
-    dt = datetime.fromisoformat(text)
-    if dt.tzinfo is None:
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        raise ValueError("not an RFC 3339 timestamp")
+    date, time, offset = match.groups()
+    if offset is None:
         raise ValueError("timestamp has no UTC offset")
-    return dt.timestamp()
+    if offset in ("Z", "z"):
+        offset = "+00:00"
+    return datetime.fromisoformat(f"{date}T{time}{offset}").timestamp()
