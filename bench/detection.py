@@ -88,6 +88,7 @@ class Trial:
     rule_id: str
     rate: float
     onset: float
+    broad: bool = False
     ours_at: float | None = None
     oracle_at: float | None = None
     prom_at: float | None = None
@@ -317,7 +318,7 @@ def run_trial(scenario: Scenario, spec: RuleSpec, onset: float) -> Trial:
     rev = np.concatenate([c.reversals for c in chunks])
     t_start = ctx.train_end
     onset_i = int((onset - t_start) // ts)
-    trial = Trial(scenario.name, spec.rule_id, spec.rate_per_min, onset)
+    trial = Trial(scenario.name, spec.rule_id, spec.rate_per_min, onset, spec.broad)
     trial.total_wrongful = float(wrong[onset_i:].sum())
 
     def blast_until(at: float | None) -> float:
@@ -559,6 +560,31 @@ def report(
             f"{sh['blast']:.0f} / {sh['oracle_blast']:.0f} / - | "
             f"{sh['blast'] / sh['oracle_blast']:.2f} | - |"
         )
+    lines += [
+        "",
+        "Blast radius by who the rule usually hits. A broad rule hits the platform at large, so "
+        "who-is-hit evidence cannot tell its incidents from its spam waves; by the decision "
+        "policy a surge there below the extreme ratio is an alert, not a pause.",
+        "",
+        "| scenario | rules | trials | paused | blast: ours / lower bound | ours ÷ bound |",
+        "|---|---|---|---|---|---|",
+    ]
+    for sc in SCENARIOS:
+        if sc.legit or sc.effect != "deactivations":
+            continue
+        for broad in (False, True):
+            ts = [t for t in trials if t.scenario == sc.name and t.broad == broad]
+            if not ts:
+                continue
+            b_ours = sum(t.blast for t in ts)
+            b_orc = sum(t.oracle_blast for t in ts)
+            lines.append(
+                f"| {sc.name} | {'broad' if broad else 'distinctive'} | {len(ts)} | "
+                f"{sum(t.paused for t in ts)} | {b_ours:.0f} / {b_orc:.0f} | "
+                f"{b_ours / b_orc:.2f} |"
+                if b_orc > 0
+                else f"| {sc.name} | - | - | - | - | - |"
+            )
     two_x = [t for t in trials if t.scenario == "2x sustained" and t.rate >= 10]
     within = sum(1 for t in two_x if t.ours_at is not None and t.ours_at - t.onset <= 900)
     rw = normal["rule_weeks"]

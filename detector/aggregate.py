@@ -26,6 +26,11 @@ class Aggregator:
     watermark: float = -math.inf
     ticks: dict[tuple[str, int], RuleTick] = field(default_factory=dict)
     accepted: int = 0
+    first: float = math.inf
+    """Earliest accepted event time."""
+
+    def __post_init__(self) -> None:
+        self._tick_s = self.config.tick_seconds
 
     def check(self, occurred_at: float) -> str | None:
         """Why an event at this time cannot be counted, or ``None`` if it can."""
@@ -42,32 +47,61 @@ class Aggregator:
 
     def add(self, ev: Event) -> str | None:
         """Count one event; returns a rejection reason instead when it cannot be counted."""
-        t = ev.occurred_at
-        reason = self.check(t)
-        if reason is not None:
-            return reason
-        if t > self.watermark:
+        cell = (
+            target_cell(ev.account_age_days, ev.account_prior_strikes, ev.region)
+            if ev.action in DEACTIVATIONS
+            else None
+        )
+        return self.add_fields(
+            ev.occurred_at, ev.rule_id, ev.action, cell, ev.rule_version, ev.shadow
+        )
+
+    def add_fields(
+        self,
+        t: float,
+        rule_id: str,
+        action: str,
+        cell: str | None,
+        version: str | None,
+        shadow: bool,
+    ) -> str | None:
+        """:meth:`add` for the fields of :func:`~detector.wire.events.quick_fields`
+        (``cell`` is ``None`` for actions that are not deactivations)."""
+        wm = self.watermark
+        if t > wm:
+            if t > wm + self.config.max_future_seconds and wm != -math.inf:
+                return "future"
             self.watermark = t
-        tick = int(t // self.config.tick_seconds)
-        key = (ev.rule_id, tick)
+        elif t < self._closed_before():
+            return "too_late"
+        key = (rule_id, int(t // self._tick_s))
         agg = self.ticks.get(key)
         if agg is None:
-            agg = self.ticks[key] = RuleTick(ev.rule_id, tick)
-        action = ev.action
-        if action in DEACTIVATIONS:
+            agg = self.ticks[key] = RuleTick(rule_id, key[1])
+        if cell is not None:
             agg.deactivations += 1
-            if ev.shadow:
+            if shadow:
                 agg.shadow += 1
-            cell = target_cell(ev.account_age_days, ev.account_prior_strikes, ev.region)
-            agg.cells[cell] = agg.cells.get(cell, 0.0) + 1
+            cells = agg.cells
+            cells[cell] = cells.get(cell, 0.0) + 1
         elif action in REVERSALS:
             agg.reversals += 1
         else:
             agg.other += 1
-        if ev.rule_version is not None and ev.rule_version not in agg.versions:
-            agg.versions.append(ev.rule_version)
+        if version is not None and version not in agg.versions:
+            agg.versions.append(version)
         self.accepted += 1
+        if t < self.first:
+            self.first = t
         return None
+
+    def _closed_before(self) -> float:
+        """Event times before this belong to buckets the engine has closed."""
+        wm = self.watermark
+        if wm == -math.inf:
+            return -math.inf
+        cfg = self.config
+        return math.floor((wm - cfg.lateness_seconds) / cfg.bucket_seconds) * cfg.bucket_seconds
 
     def add_count(self, rule_id: str, t: float, count: float) -> str | None:
         """Count pre-aggregated deactivations (no make-up information)."""

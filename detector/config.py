@@ -209,3 +209,19 @@ class EngineConfig:
     def to_mapping(self) -> dict[str, Any]:
         """All settings as plain JSON-able values."""
         return asdict(self)
+
+
+def load_config(path: str | None) -> EngineConfig:
+    """The default configuration, or one with the overrides in a JSON file."""
+    if path is None:
+        return EngineConfig()
+    try:
+        with open(path, "rb") as fh:
+            values = orjson.loads(fh.read())
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError("config", f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError("config", f"{path} must hold a JSON object of settings")
+    return EngineConfig.from_mapping(values)

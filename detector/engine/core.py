@@ -11,9 +11,10 @@ were batched. The engine never reads a clock.
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from detector.config import EngineConfig
 from detector.engine.baseline import position
@@ -28,8 +29,20 @@ from detector.wire.records import TRANSITION, Record
 SNAPSHOT_FORMAT = 1
 RULE_TRIPS = frozenset({"extreme_surge", "surge_with_shift", "warmup_cap", "reversal_surge"})
 
-BucketHook = Callable[[str, float, float, float, float], None]
-"""Called per rule per closed bucket: ``(rule_id, bucket_start, count, expected, score)``."""
+
+class BucketScore(NamedTuple):
+    """One rule's closed bucket: what was seen, what was expected, how anomalous."""
+
+    rule_id: str
+    start: float
+    observed: float
+    expected: float
+    dispersion: float
+    score: float
+
+
+BucketHook = Callable[[BucketScore], None]
+"""Called per rule (and for ``*``) per closed bucket."""
 
 
 class GlobalDetector(RuleDetector):
@@ -114,6 +127,8 @@ class Engine:
         self.start_bucket = 0
         self.watermark = -math.inf
         self.pending: dict[int, dict[str, RuleTick]] = {}
+        self._heads: list[int] = []
+        """Heap of the ticks in ``pending``."""
         self.recent_trips: list[tuple[float, str]] = []
         self._timed: set[str] = set()
         """Rules with a pending deadline (cool-down or probe)."""
@@ -134,7 +149,10 @@ class Engine:
             if self.glob is not None:
                 self.glob.add(agg, at)
             return True
-        slot = self.pending.setdefault(agg.tick, {})
+        slot = self.pending.get(agg.tick)
+        if slot is None:
+            slot = self.pending[agg.tick] = {}
+            heapq.heappush(self._heads, agg.tick)
         mine = slot.get(agg.rule_id)
         if mine is None:
             slot[agg.rule_id] = agg
@@ -172,8 +190,8 @@ class Engine:
         while self.tick < last:
             bucket_last = (self.bucket + 1) * tpb - 1
             nxt = min(bucket_last, last)
-            if self.pending:
-                nxt = min(nxt, min(self.pending))
+            if self._heads and self._heads[0] < nxt:
+                nxt = self._heads[0]
             self.tick = nxt
             mark = len(self._out)
             self._judge_tick(nxt)
@@ -213,6 +231,8 @@ class Engine:
         p = self.params
         at = (tick + 1) * p.tick_s
         aggs = self.pending.pop(tick, None)
+        if aggs is not None:
+            heapq.heappop(self._heads)
         j = tick - self.bucket * p.tpb + 1  # type: ignore[operator]
         glob = self.glob
         if aggs:
@@ -277,18 +297,13 @@ class Engine:
         start = self.bucket * p.bucket_s
         hook = self.on_bucket
         here = position(start + p.bucket_s / 2)
-        for rule_id in self._order:
-            rule = self.rules[rule_id]
-            x, mu = rule.s.x, rule.s.mu
+        glob = self.glob
+        closing = [self.rules[r] for r in self._order]
+        for rule in [*closing, glob] if glob is not None else closing:
+            x, mu, disp = rule.s.x, rule.s.mu, rule.s.disp
             score = rule.close_bucket(end, here)
             if hook is not None:
-                hook(rule_id, start, x, mu, score)
-        glob = self.glob
-        if glob is not None:
-            x, mu = glob.s.x, glob.s.mu
-            score = glob.close_bucket(end, here)
-            if hook is not None:
-                hook(GLOBAL_RULE_ID, start, x, mu, score)
+                hook(BucketScore(rule.s.rule_id, start, x, mu, disp, score))
         self.bucket += 1
         nxt = position(end + p.bucket_s / 2)
         for rule_id in self._order:
@@ -396,6 +411,7 @@ class Engine:
             eng._timed = {r for r in [*eng.rules, GLOBAL_RULE_ID] if eng._is_timed(r)}
             for t, aggs in data["pending"].items():
                 eng.pending[int(t)] = {r: RuleTick.from_dict(a) for r, a in aggs.items()}
+            eng._heads = sorted(eng.pending)
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"snapshot is malformed: {exc!r}") from None
         return eng

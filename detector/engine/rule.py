@@ -17,6 +17,7 @@ Every transition and alert carries its evidence.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,8 @@ HISTORY_BUCKETS = 180
 MAX_VERSIONS = 8
 SURGE_ALERTS = frozenset({"surge", "extreme_surge", "surge_with_shift", "warmup_cap"})
 MAKEUP_REFRESH_BUCKETS = 60
+QUIET_BUCKETS = 10
+"""Buckets without excess that end a surge episode (and its alert)."""
 WINDOWS = (1, 2, 4, 8)
 """Sliding windows (in ticks) of the short-window test: a surge that starts in the
 middle of a bucket is judged on its own ticks, not diluted by the bucket's start."""
@@ -71,6 +74,8 @@ class RuleState:
     rev_onset: int = 0
     silence_chart: float = 0.0
     alerts: list[str] = field(default_factory=list)
+    quiet: int = 0
+    """Consecutive buckets without excess during a surge episode."""
     # the still-filling bucket
     x: float = 0.0
     rev: float = 0.0
@@ -126,6 +131,11 @@ class RuleState:
             values["prev_baseline"] = Baseline.from_dict(values["prev_baseline"])
         values["makeup"] = Makeup.from_dict(values["makeup"])
         return cls(**values)
+
+
+def _band_top(m: float, c: float) -> float:
+    """Top of the expected band of a bucket: three standard deviations, plus one."""
+    return m + 3.0 * math.sqrt(m + c * m * m) + 1.0
 
 
 class RuleDetector:
@@ -561,6 +571,7 @@ class RuleDetector:
         x, m, c = s.x, s.mu, s.disp
         watched = s.state in WATCHED
         score = 0.0
+        g_bucket = glr_up(x, m, c)
         if watched and not s.warm:
             cap_c = p.h_chart * cfg.statistic_cap
             for k, rho in enumerate(p.shifts):
@@ -569,24 +580,28 @@ class RuleDetector:
                 if before == 0.0 and after > 0.0:
                     s.onsets[k] = s.bucket
                 s.charts[k] = after
-            score = max(max(s.charts) / p.h_chart, glr_up(x, m, c) / p.h_burst)
+            score = max(max(s.charts) / p.h_chart, g_bucket / p.h_burst)
             if max(s.charts) >= p.h_chart:
                 self._judge(x, m, at, partial=False)
             self._reversal_test(at)
             self._silence_test(x, m, c, at)
-            if s.alerts and max(s.charts) < 0.5 * p.h_chart and glr_up(x, m, c) < p.h_burst:
-                s.alerts = [a for a in s.alerts if a not in SURGE_ALERTS]
+            self._clear_surge_alerts(x, m, g_bucket)
         elif s.alerts and s.warm and x < cfg.warmup_cap_per_bucket:
             s.alerts = [a for a in s.alerts if a not in SURGE_ALERTS]
         n, out, eout = self.current_makeup()
-        anomalous = bool(s.alerts) or score > 0.5 or s.rev_chart > 0.5 * p.h_reversal
-        if s.state in (State.CLOSED, State.DISABLED, State.SHADOW) and not anomalous:
-            s.baseline.learn(pos, x, p.rates)
-            s.reversals.learn(pos, s.rev, p.rates)
-            s.makeup.learn(s.cells, s.bucket, cfg.makeup_half_life_buckets)
-            if s.baseline.n % p.rates.day_buckets == 0:
-                s.baseline.normalise()
-                s.reversals.normalise()
+        if s.state in (State.CLOSED, State.DISABLED, State.SHADOW):
+            # Learn from every bucket outside alerted episodes, with the count clipped
+            # at the top of the expected band: a spike moves the baseline little, and a
+            # lasting shift is still learned (excluding buckets instead biases a sparse
+            # rule's baseline low and can lock it out of learning for good).
+            if not s.alerts:
+                s.baseline.learn(pos, min(x, _band_top(m, c)), p.rates)
+                s.makeup.learn(s.cells, s.bucket, cfg.makeup_half_life_buckets)
+                if s.baseline.n % p.rates.day_buckets == 0:
+                    s.baseline.normalise()
+                    s.reversals.normalise()
+            if "reversal_surge" not in s.alerts:
+                s.reversals.learn(pos, min(s.rev, _band_top(s.mu_rev, s.disp_rev)), p.rates)
         for lst, v in (
             (s.hist_x, x),
             (s.hist_m, m),
@@ -599,6 +614,20 @@ class RuleDetector:
             if len(lst) > HISTORY_BUCKETS:
                 del lst[0]
         return min(score, 1.0)
+
+    def _clear_surge_alerts(self, x: float, m: float, g_bucket: float) -> None:
+        """End a surge episode after ``QUIET_BUCKETS`` buckets without excess; the charts
+        restart from zero so that a finished wave is not held against the rule."""
+        s = self.s
+        if not any(a in SURGE_ALERTS for a in s.alerts):
+            s.quiet = 0
+            return
+        s.quiet = s.quiet + 1 if g_bucket < 1.0 else 0
+        if s.quiet >= QUIET_BUCKETS:
+            s.alerts = [a for a in s.alerts if a not in SURGE_ALERTS]
+            s.charts = [0.0] * len(s.charts)
+            s.onsets = [s.bucket] * len(s.charts)
+            s.quiet = 0
 
     def _reversal_test(self, at: float) -> None:
         s, p = self.s, self.p

@@ -85,6 +85,9 @@ class RuleSpec:
     makeup: tuple[float, ...] = tuple(GENERAL)
     reversal_fraction: float = 0.02
     version: str = "1"
+    broad: bool = False
+    """Hits the platform at large rather than a distinctive population: who-is-hit
+    evidence cannot tell its incidents from its spam waves."""
 
     def seasonal(self, t: np.ndarray) -> np.ndarray:
         """Daily x weekly factor at epoch seconds ``t`` (mean about 1)."""
@@ -325,7 +328,8 @@ def random_rules(
     rules = []
     for i in range(n):
         rate = float(math.exp(rng.uniform(math.log(min_rate), math.log(max_rate))))
-        if rng.random() < 0.1:
+        broad = bool(rng.random() < 0.1)
+        if broad:
             makeup = 0.7 * GENERAL + 0.3 * _population(
                 {"new": 0.5, "young": 0.5}, {"1-2": 0.5, "3+": 0.5}, _REGION_W
             )
@@ -353,6 +357,7 @@ def random_rules(
                 drift_tau_min=float(rng.uniform(30, 180)),
                 makeup=tuple(float(v) for v in makeup / makeup.sum()),
                 reversal_fraction=float(rng.uniform(0.005, 0.05)),
+                broad=broad,
             )
         )
     return rules

@@ -253,3 +253,118 @@ def event_from_obj(obj: Any) -> Event:
         region,
         shadow,
     )
+
+
+# ----- the fast path ---------------------------------------------------------------------------
+# Replaying history must keep up with ~300,000 events per second per core; building an
+# ``Event`` with full validation costs several microseconds. ``quick_fields`` accepts only
+# the common, unambiguous shape and returns ``None`` for anything else, which the caller
+# then hands to ``event_from_obj`` for a full verdict (so errors are always the full ones).
+# tests/test_events.py checks that both paths agree.
+
+QuickFields = tuple[float, str, str, str | None, str | None, bool]
+"""``(occurred_at, rule_id, action, cell or None, rule_version, shadow)``; the cell is
+``None`` for actions that are not deactivations."""
+
+_MINUTES: dict[str, int] = {}
+_MAX_MINUTES = 4096
+
+
+def _minute(prefix: str) -> int | None:
+    """Epoch of ``YYYY-MM-DDTHH:MM`` (UTC), validated once and cached."""
+    base = _MINUTES.get(prefix)
+    if base is None:
+        try:
+            base = int(from_rfc3339(prefix + ":00Z"))
+        except ValueError:
+            return None
+        if len(_MINUTES) >= _MAX_MINUTES:
+            _MINUTES.clear()
+        _MINUTES[prefix] = base
+    return base
+
+
+def quick_fields(obj: Any) -> QuickFields | None:
+    """What the aggregator needs from a plainly valid event, or ``None`` to ask
+    :func:`event_from_obj` (which either accepts the event or says what is wrong)."""
+    if type(obj) is not dict:
+        return None
+    get = obj.get
+    eid, rule_id, acct, action = get("event_id"), get("rule_id"), get("account_id"), get("action")
+    if (
+        type(eid) is not str
+        or type(rule_id) is not str
+        or type(acct) is not str
+        or type(action) is not str
+        or not 0 < len(eid) <= MAX_ID_CHARS
+        or not 0 < len(rule_id) <= MAX_ID_CHARS
+        or not 0 < len(acct) <= MAX_ID_CHARS
+        or rule_id == GLOBAL_RULE_ID
+        or action not in ACTIONS
+    ):
+        return None
+    ts: Any = get("occurred_at")
+    tt = type(ts)
+    if tt is str:
+        n = len(ts)
+        if (n != 20 and n != 24) or ts[n - 1] != "Z" or ts[10] != "T" or ts[16] != ":":
+            return None
+        base = _minute(ts[:16])
+        sec = ts[17:19]
+        if base is None or not (sec.isdigit() and sec.isascii()) or sec > "59":
+            return None
+        if n == 24:
+            ms = ts[20:23]
+            if ts[19] != "." or not (ms.isdigit() and ms.isascii()):
+                return None
+            t = ((base + int(sec)) * 1000 + int(ms)) / 1000
+        else:
+            t = float(base + int(sec))
+    elif tt is float or tt is int:
+        t = float(ts)
+    else:
+        return None
+    if not MIN_EPOCH <= t < MAX_EPOCH:  # also rejects NaN
+        return None
+    version = get("rule_version")
+    if version is not None and (type(version) is not str or not 0 < len(version) <= MAX_ID_CHARS):
+        return None
+    for key in ("content_id", "reverses_event_id"):
+        v = get(key)
+        if v is not None and (type(v) is not str or not 0 < len(v) <= MAX_ID_CHARS):
+            return None
+    source = get("source")
+    if source is not None and (type(source) is not str or source not in SOURCES):
+        return None
+    shadow = get("shadow")
+    if shadow is None:
+        shadow = False
+    elif type(shadow) is not bool:
+        return None
+    region = get("region")
+    if region is not None and (type(region) is not str or len(region) > MAX_REGION_CHARS):
+        return None
+    age = get("account_age_days")
+    strikes = get("account_prior_strikes")
+    if age is None:
+        band = "?"
+    elif (type(age) is float or (type(age) is int and age < 2**53)) and 0 <= age < math.inf:
+        band = (
+            "new"
+            if age < 7
+            else "young"
+            if age < 90
+            else "established"
+            if age < 730
+            else ("tenured")
+        )
+    else:
+        return None
+    if strikes is None:
+        sband = "?"
+    elif type(strikes) is int and strikes >= 0:
+        sband = "0" if strikes == 0 else "1-2" if strikes < 3 else "3+"
+    else:
+        return None
+    cell = f"{band}|{sband}|{region or '?'}" if action in DEACTIVATIONS else None
+    return t, rule_id, action, cell, version, shadow
