@@ -31,6 +31,7 @@ class Aggregator:
 
     def __post_init__(self) -> None:
         self._tick_s = self.config.tick_seconds
+        self._max_future = self.config.max_future_seconds
 
     def check(self, occurred_at: float) -> str | None:
         """Why an event at this time cannot be counted, or ``None`` if it can."""
@@ -66,10 +67,13 @@ class Aggregator:
         shadow: bool,
     ) -> str | None:
         """:meth:`add` for the fields of :func:`~detector.wire.events.quick_fields`
-        (``cell`` is ``None`` for actions that are not deactivations)."""
+        (``cell`` is ``None`` for actions that are not deactivations).
+
+        This is the replay's innermost loop: keep it flat.
+        """
         wm = self.watermark
         if t > wm:
-            if t > wm + self.config.max_future_seconds and wm != -math.inf:
+            if t > wm + self._max_future and wm != -math.inf:
                 return "future"
             self.watermark = t
         elif t < self._closed_before():
@@ -80,10 +84,10 @@ class Aggregator:
             agg = self.ticks[key] = RuleTick(rule_id, key[1])
         if cell is not None:
             agg.deactivations += 1
-            if shadow:
-                agg.shadow += 1
             cells = agg.cells
             cells[cell] = cells.get(cell, 0.0) + 1
+            if shadow:
+                agg.shadow += 1
         elif action in REVERSALS:
             agg.reversals += 1
         else:

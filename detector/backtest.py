@@ -9,12 +9,14 @@ are reported with their line numbers, and ``rejects`` receives all of them.
 from __future__ import annotations
 
 import csv
+import gc
 import gzip
 import io
 import time
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
@@ -154,6 +156,10 @@ class Backtest:
 
     def events(self, lines: Iterator[bytes], progress: Progress | None = None) -> BacktestResult:
         """Replay JSON Lines of enforcement actions."""
+        with _no_cyclic_gc():
+            return self._events(lines, progress)
+
+    def _events(self, lines: Iterator[bytes], progress: Progress | None) -> BacktestResult:
         started = time.perf_counter()
         res = self.result
         agg = self.agg
@@ -242,6 +248,20 @@ class Backtest:
         res.rules = len(self.engine.rules)
         res.elapsed = time.perf_counter() - started
         return res
+
+
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector: a replay allocates millions of short-lived
+    dicts that reference counting frees, and the collector's scans of them cost
+    about a fifth of the replay's time."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _count_row(row: list[str]) -> tuple[float, str, float]:
