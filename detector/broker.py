@@ -33,13 +33,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NoReturn, Self, TextIO
 
-# aiokafka ships no py.typed marker; its objects are Any here.
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
-from aiokafka.admin.config_resource import (  # type: ignore[import-untyped]
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import (
     ConfigResource,
     ConfigResourceType,
 )
-from aiokafka.errors import for_code  # type: ignore[import-untyped]
+from aiokafka.errors import for_code
 
 from detector.errors import ConfigError, DetectorError
 

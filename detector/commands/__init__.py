@@ -8,7 +8,7 @@ from typing import Any
 
 def register_all(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
     """Add every subcommand's parser to ``sub``."""
-    from detector.commands import backtest, simulate
+    from detector.commands import backtest, broker, simulate
 
-    for module in (backtest, simulate):
+    for module in (backtest, simulate, broker):
         module.register(sub, formatter)
