@@ -21,7 +21,8 @@ from typing import Protocol
 
 import pytest
 
-from detector.broker import EmbeddedBroker, TopicSpec, create_topics
+from detector.broker import EmbeddedBroker
+from detector.topics import TopicSpec, create_topics
 
 BROKER_FIXTURES = {"broker", "fresh_broker", "new_topic"}
 

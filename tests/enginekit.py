@@ -49,10 +49,6 @@ SIM_END = T0 + 3 * DAY
 """Every simulator ends here: a rule's drift path depends on the simulated span, so
 one end keeps each rule's traffic identical between training and every test."""
 
-PAUSE_REASONS: frozenset[str] = frozenset(
-    {"extreme_surge", "surge_with_shift", "warmup_cap", "reversal_surge"}
-)
-
 
 def population(ages: Sequence[str], strikes: Sequence[str], regions: Sequence[str]) -> np.ndarray:
     """Uniform over the cells with these tenure bands, strike bands and regions."""
@@ -83,7 +79,6 @@ SLOW = RuleSpec("slow", 5.0, makeup=distinctive(("young",), ("3+",), ("US", "DE"
 """A low-volume rule: even 20x of it stays below the warm-up cap per bucket."""
 OTHERS = random_rules(7, SEED, min_rate=5.0, max_rate=60.0)
 RULES = (SPAM, BROAD, SLOW, *OTHERS)
-SPECS = {spec.rule_id: spec for spec in RULES}
 
 
 def simulator(
@@ -218,11 +213,6 @@ def first(records: Iterable[Record], **match: Any) -> Record:
 def onset_of(record: Record) -> float:
     """The incident onset a record's evidence claims, in epoch seconds."""
     return from_rfc3339(record.evidence["onset"])
-
-
-def tick_start(t: float) -> float:
-    """Start of the tick that contains ``t``."""
-    return math.floor(t / TICK) * TICK
 
 
 FINDING_EVIDENCE = ("test", "statistic", "threshold", "observed", "expected", "onset")

@@ -23,15 +23,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from detector.broker import (
-    BrokerStartError,
-    EmbeddedBroker,
-    TopicMismatchError,
-    TopicSpec,
-    create_topics,
-    kafka_answers,
-)
+from detector.broker import BrokerStartError, EmbeddedBroker, kafka_answers
 from detector.errors import ConfigError
+from detector.topics import TopicMismatchError, TopicSpec, create_topics
 
 NewTopicFn = Callable[..., Awaitable[str]]  # the `new_topic` fixture (tests/conftest.py)
 

@@ -164,7 +164,10 @@ def test_decision_policy(case: Policy) -> None:
     if case.reason == "silent":
         assert ev["observed_last_bucket"] < CFG.silence_shift * ev["expected_last_bucket"]
         return
-    for key in FINDING_EVIDENCE:
+    needed: tuple[str, ...] = FINDING_EVIDENCE
+    if case.reason != "reversal_surge":  # the trained rule's make-up is known
+        needed += MAKEUP_EVIDENCE
+    for key in needed:
         assert ev[key] is not None, key
     assert ev["observed"] > ev["expected"] > 0
     if case.reason == "extreme_surge":
@@ -211,7 +214,7 @@ def test_every_transition_carries_versions_and_its_trigger() -> None:
             assert ev["state_version"] == versions.get(rec.rule_id, 0) + 1
             versions[rec.rule_id] = ev["state_version"]
             if rec.to_state == "open":
-                needed = FINDING_EVIDENCE
+                needed: tuple[str, ...] = FINDING_EVIDENCE
                 if rec.reason != "reversal_surge":  # reversals have no who-is-hit evidence
                     needed += MAKEUP_EVIDENCE
                 for key in needed:
@@ -365,7 +368,7 @@ def test_shared_failure_of_30_percent_of_rules_halts_globally() -> None:
     assert (halt.from_state, halt.to_state) == ("closed", "open")
     assert halt.reason in GLOBAL_REASONS
     assert ONSET <= halt.at <= ONSET + 15 * 60
-    listed = halt.evidence.get("rules") or halt.evidence.get("top_rules")
+    listed = halt.evidence.get("rules") or halt.evidence.get("top_rules") or []
     assert set(SHARED) <= set(listed)
     assert halt.evidence["config_version"] == CFG.version
     assert halt.evidence["state_version"] == 1
