@@ -28,21 +28,22 @@ class Aggregator:
     accepted: int = 0
     first: float = math.inf
     """Earliest accepted event time."""
+    guard: bool = True
+    """Reject ``future`` and ``too_late`` events. The daemon's ingest turns this off:
+    there the engine judges lateness, and the wall clock judges the future."""
 
     def __post_init__(self) -> None:
         self._tick_s = self.config.tick_seconds
-        self._max_future = self.config.max_future_seconds
+        self._max_future = self.config.max_future_seconds if self.guard else math.inf
 
     def check(self, occurred_at: float) -> str | None:
         """Why an event at this time cannot be counted, or ``None`` if it can."""
         wm = self.watermark
-        if wm == -math.inf:
+        if wm == -math.inf or not self.guard:
             return None
-        cfg = self.config
-        if occurred_at > wm + cfg.max_future_seconds:
+        if occurred_at > wm + self._max_future:
             return "future"
-        closed_before = math.floor((wm - cfg.lateness_seconds) / cfg.bucket_seconds)
-        if occurred_at < closed_before * cfg.bucket_seconds:
+        if occurred_at < self._closed_before():
             return "too_late"
         return None
 
@@ -102,7 +103,7 @@ class Aggregator:
     def _closed_before(self) -> float:
         """Event times before this belong to buckets the engine has closed."""
         wm = self.watermark
-        if wm == -math.inf:
+        if wm == -math.inf or not self.guard:
             return -math.inf
         cfg = self.config
         return math.floor((wm - cfg.lateness_seconds) / cfg.bucket_seconds) * cfg.bucket_seconds

@@ -99,6 +99,10 @@ class EngineConfig:
     cooldown_seconds: float = 600.0
     max_cooldown_seconds: float = 14_400.0
     probe_seconds: float = 300.0
+    probe_alpha: float = 0.01
+    """Significance at which a probe's shadow traffic counts as still abnormal."""
+    probe_max_ratio: float = 1.5
+    """A probe fails on rate only if the shadow rate is at least this times expected."""
 
     def __post_init__(self) -> None:
         positive = (
@@ -143,6 +147,10 @@ class EngineConfig:
             raise ConfigError("shift_min_excess", "must be in (0, 1)", self.shift_min_excess)
         if self.extreme_ratio <= 1:
             raise ConfigError("extreme_ratio", "must be above 1", self.extreme_ratio)
+        if not 0 < self.probe_alpha < 1:
+            raise ConfigError("probe_alpha", "must be in (0, 1)", self.probe_alpha)
+        if self.probe_max_ratio < 1:
+            raise ConfigError("probe_max_ratio", "must be >= 1", self.probe_max_ratio)
         if not 0 < self.shift_alpha < 1:
             raise ConfigError("shift_alpha", "must be in (0, 1)", self.shift_alpha)
         if not 0 < self.extreme_alpha < 1:

@@ -82,6 +82,9 @@ GATE: Final[dict[State, Gate]] = {
     State.SHADOW: Gate.SHADOW,
 }
 
+OPERATOR_TRIGGERS: Final = frozenset(t for t in Trigger if t.value.startswith("operator_"))
+"""Triggers an operator may send; the others are the detector's own."""
+
 PAUSED: Final = frozenset({State.OPEN, State.FORCED_OPEN})
 """States in which the rule's decisions are held."""
 WATCHED: Final = frozenset({State.CLOSED, State.HALF_OPEN, State.DISABLED, State.SHADOW})

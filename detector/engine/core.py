@@ -25,6 +25,7 @@ from detector.errors import StateError
 from detector.wire.aggregates import RuleTick
 from detector.wire.events import GLOBAL_RULE_ID
 from detector.wire.records import TRANSITION, Record
+from detector.wire.timefmt import to_rfc3339
 
 SNAPSHOT_FORMAT = 1
 RULE_TRIPS = frozenset({"extreme_surge", "surge_with_shift", "warmup_cap", "reversal_surge"})
@@ -157,7 +158,9 @@ class Engine:
         if mine is None:
             slot[agg.rule_id] = agg
         else:
-            mine.merge(agg)
+            # Merge into a copy: the caller's aggregate objects are never changed.
+            merged = slot[agg.rule_id] = mine.copy()
+            merged.merge(agg)
         return True
 
     def _rule(self, rule_id: str, at: float) -> RuleDetector:
@@ -192,16 +195,28 @@ class Engine:
             nxt = min(bucket_last, last)
             if self._heads and self._heads[0] < nxt:
                 nxt = self._heads[0]
+            if self._timed:
+                # Deadlines are met on their own tick, however the watermark moves.
+                nxt = max(self.tick + 1, min(nxt, self._next_deadline()))
             self.tick = nxt
+            at = (nxt + 1) * p.tick_s
             mark = len(self._out)
             self._judge_tick(nxt)
             if nxt == bucket_last:
                 self._close_bucket()
+            # After the bucket closed: a probe ending with a bucket is judged on all of it.
+            for rule_id in sorted(self._timed):
+                self._target(rule_id, at).check_timers(at)
             if len(self._out) > mark:
-                self._track(mark)
                 if self.glob is not None:
-                    self._many_rules(mark, (nxt + 1) * p.tick_s)
+                    self._many_rules(mark, at)
+                self._track(mark)
         return self._drain()
+
+    def _next_deadline(self) -> int:
+        """The first tick that ends at or after the earliest cool-down or probe deadline."""
+        ts = self.params.tick_s
+        return min(math.ceil(self._target(r, 0.0).s.until / ts) - 1 for r in self._timed)
 
     def finish(self) -> list[Record]:
         """Judge everything queued, as if the watermark had moved far past it."""
@@ -248,8 +263,6 @@ class Engine:
                 rule.on_tick(tick, j, at)
             if glob is not None:
                 glob.on_tick(tick, j, at)
-        for rule_id in sorted(self._timed):
-            self._target(rule_id, at).check_timers(at)
 
     def _track(self, mark: int) -> None:
         """Keep the set of rules with a deadline in step with their transitions."""
@@ -324,17 +337,32 @@ class Engine:
         evidence: dict[str, Any],
         grace_seconds: float = 0.0,
     ) -> list[Record]:
-        """Apply an operator trigger to a rule (``*``: the global halt) at event time ``at``."""
+        """Apply an operator trigger to a rule (``*``: the global halt).
+
+        The command takes effect at the engine's own event time, the end of the last
+        judged tick; ``at``, when it was issued, is kept in the evidence. Ticks still
+        waiting for late events are judged after it, in the new state.
+        """
         self._ensure_started(at)
+        now = self.now
         mark = len(self._out)
-        self._target(rule_id, at).command(trigger, at, evidence, grace_seconds)
+        self._target(rule_id, now).command(
+            trigger, now, {**evidence, "issued_at": to_rfc3339(at)}, grace_seconds
+        )
         self._track(mark)
         return self._drain()
 
+    @property
+    def now(self) -> float:
+        """The engine's event time: the end of the last judged tick."""
+        assert self.tick is not None
+        return (self.tick + 1) * self.params.tick_s
+
     def reset_baseline(self, rule_id: str, at: float, evidence: dict[str, Any]) -> list[Record]:
-        """Forget a rule's learned baseline; it warms up again."""
+        """Forget a rule's learned baseline; it warms up again (at the engine's time)."""
         self._ensure_started(at)
-        self._target(rule_id, at).reset_baseline(at, evidence)
+        now = self.now
+        self._target(rule_id, now).reset_baseline(now, {**evidence, "issued_at": to_rfc3339(at)})
         return self._drain()
 
     def _ensure_started(self, at: float) -> None:
@@ -368,6 +396,7 @@ class Engine:
             "config_version": self.params.config_version,
             "tick": self.tick,
             "bucket": self.bucket,
+            "start_bucket": self.start_bucket,
             "watermark": self.watermark if math.isfinite(self.watermark) else None,
             "late_rejected": self.late_rejected,
             "recent_trips": [list(t) for t in self.recent_trips],
@@ -395,6 +424,7 @@ class Engine:
         try:
             eng.tick = data["tick"]
             eng.bucket = data["bucket"]
+            eng.start_bucket = int(data["start_bucket"])
             wm = data["watermark"]
             eng.watermark = -math.inf if wm is None else float(wm)
             eng.late_rejected = int(data["late_rejected"])

@@ -11,6 +11,7 @@ measures against the usual outside share.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,10 +68,17 @@ class Makeup:
         self.total = sum(self.counts.values())
         self.ref_bucket = bucket
 
-    def refresh(self, bucket: int, coverage: float) -> None:
-        """Recompute the usual population from the counts."""
+    def refresh(
+        self, bucket: int, coverage: float, min_events: float = 0.0, half_life: float = math.inf
+    ) -> None:
+        """Recompute the usual population from the counts.
+
+        With fewer than ``min_events`` (decayed) targets the population stays
+        unknown: a usual set drawn from a handful of targets would call much of
+        the rule's normal traffic "outside".
+        """
         self.refreshed_bucket = bucket
-        if self.total <= 0:
+        if self.total <= 0 or self.decayed_total(bucket, half_life) < min_events:
             self.usual, self.outside_share = frozenset(), 1.0
             return
         ranked = sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))

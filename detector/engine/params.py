@@ -22,6 +22,8 @@ class Params:
     h_chart: float
     h_burst: float
     h_window: float
+    h_probe: float
+    """Threshold of the end-of-probe verdict."""
     h_joint_min: float
     """Rate evidence needed before who-is-hit evidence may add to it."""
     joint_extra: float
@@ -55,6 +57,7 @@ class Params:
             h_chart=cfg.pause_threshold(1),
             h_burst=cfg.pause_threshold(cfg.ticks_per_bucket),
             h_window=cfg.pause_threshold(cfg.ticks_per_bucket * 4),
+            h_probe=-math.log(cfg.probe_alpha),
             h_joint_min=cfg.extreme_threshold,
             joint_extra=math.log1p(cfg.pause_threshold(cfg.ticks_per_bucket * 4)),
             h_reversal=cfg.pause_threshold(1),

@@ -23,10 +23,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from detector.engine.baseline import Baseline, Position, position
-from detector.engine.breaker import CAN_PAUSE, WATCHED, State, Trigger, next_state
+from detector.engine.breaker import (
+    CAN_PAUSE,
+    OPERATOR_TRIGGERS,
+    WATCHED,
+    State,
+    Trigger,
+    next_state,
+)
 from detector.engine.makeup import Makeup
 from detector.engine.params import Params
 from detector.engine.stats import binomial_excess, could_exceed, glr_up, llr
+from detector.errors import TransitionError
 from detector.wire.aggregates import RuleTick
 from detector.wire.records import ALERT, TRANSITION, Record
 from detector.wire.timefmt import to_rfc3339
@@ -73,6 +81,10 @@ class RuleState:
     rev_chart: float = 0.0
     rev_onset: int = 0
     silence_chart: float = 0.0
+    silence_onset: int = 0
+    version_chart: float = 0.0
+    """While a new rule version warms up: evidence against the previous version's baseline."""
+    version_onset: int = 0
     alerts: list[str] = field(default_factory=list)
     quiet: int = 0
     """Consecutive buckets without excess during a surge episode."""
@@ -287,20 +299,40 @@ class RuleDetector:
             ev = self._evidence("warmup_cap", x, cfg.warmup_cap_per_bucket, s.bucket, x, m, at)
             self._finding("warmup_cap", ev, at, pause=True)
             return
-        for test, ref in (
-            ("warmup_extreme", level_m if has_level else 0.0),
-            (
-                "extreme_vs_previous_version",
-                s.prev_baseline.expected_at(self._pos) * frac if s.prev_baseline else 0.0,
-            ),
-        ):
-            if ref <= 0 or x <= r * ref:
-                continue
-            g = glr_up(x, r * ref, s.disp)
+        if has_level and x > r * level_m:
+            g = glr_up(x, r * level_m, s.disp)
             if g >= p.h_extreme:
-                ev = self._evidence(test, g, p.h_extreme, s.bucket, x, ref, at)
+                ev = self._evidence("warmup_extreme", g, p.h_extreme, s.bucket, x, level_m, at)
                 self._finding("extreme_surge", ev, at, pause=cfg.pause_on_extreme)
                 return
+        prev = s.prev_baseline
+        if prev is not None:
+            # Accumulated over buckets, with the old version's learned noise: "is the new
+            # version deciding at least twice ``extreme_ratio`` times what the old did?"
+            ref = prev.expected_at(self._pos) * frac
+            stat = s.version_chart + llr(x, r * ref, prev.dispersion(p.rates), 2.0)
+            if stat >= p.h_extreme:
+                onset = s.version_onset if s.version_chart > 0 else s.bucket
+                ev = self._evidence(
+                    "extreme_vs_previous_version", stat, p.h_extreme, onset, x, ref, at
+                )
+                self._finding("extreme_surge", ev, at, pause=cfg.pause_on_extreme)
+
+    def _version_chart(self, x: float) -> None:
+        """Advance the chart against the previous version's baseline (bucket close)."""
+        s, p = self.s, self.p
+        prev = s.prev_baseline
+        if prev is None or not s.warm:
+            s.version_chart = 0.0
+            return
+        ref = prev.expected_at(self._pos)
+        before = s.version_chart
+        s.version_chart = min(
+            max(0.0, before + llr(x, p.cfg.extreme_ratio * ref, prev.dispersion(p.rates), 2.0)),
+            p.h_extreme * p.cfg.statistic_cap,
+        )
+        if before == 0.0 and s.version_chart > 0.0:
+            s.version_onset = s.bucket
 
     def _judge(self, x: float, m: float, at: float, partial: bool) -> None:
         """Run the surge tests on count ``x`` against expectation ``m``."""
@@ -401,6 +433,12 @@ class RuleDetector:
             k = sum(s.hist_out[i:]) + k0
             e = sum(s.hist_eout[i:]) + e0
             start = (s.bucket - (len(s.hist_x) - i)) * p.bucket_s
+        # The change point: the firing window's start, or earlier if the strongest
+        # chart has been climbing since before it (the CUSUM estimate of the onset).
+        onset_time = start
+        strongest = max(range(len(s.charts)), key=lambda k: s.charts[k], default=None)
+        if strongest is not None and s.charts[strongest] > 0:
+            onset_time = min(onset_time, s.onsets[strongest] * p.bucket_s)
         return {
             "test": test,
             "statistic": round(stat, 3),
@@ -408,7 +446,7 @@ class RuleDetector:
             "observed": big_x,
             "expected": round(big_m, 4),
             "ratio": round(big_x / big_m, 3) if big_m > 0 else None,
-            "onset": to_rfc3339(start),
+            "onset": to_rfc3339(onset_time),
             "window_seconds": at - start,
             "outside_share": round(k / n, 4) if n > 0 else None,
             "usual_outside_share": round(e / n, 4) if n > 0 else None,
@@ -460,6 +498,7 @@ class RuleDetector:
         s.onsets = [s.bucket] * len(s.charts)
         s.rev_chart = 0.0
         s.silence_chart = 0.0
+        s.version_chart = 0.0
         s.alerts = []
 
     def check_timers(self, at: float) -> None:
@@ -472,10 +511,73 @@ class RuleDetector:
             s.until = at + cfg.probe_seconds
             self._reset_tests()
         elif s.state == State.HALF_OPEN and at >= s.until:
-            self._transition(
-                Trigger.PROBE_PASSED, "probe_passed", {"probe_seconds": cfg.probe_seconds}, at
-            )
-            s.cooldown = cfg.cooldown_seconds
+            failed = self._probe_verdict(at)
+            if failed is not None:
+                reason, ev = failed
+                s.cooldown = min(2 * s.cooldown, cfg.max_cooldown_seconds)
+                self._transition(Trigger.PROBE_FAILED, reason, ev, at)
+                s.until = at + s.cooldown
+                self._reset_tests()
+            else:
+                self._transition(
+                    Trigger.PROBE_PASSED, "probe_passed", {"probe_seconds": cfg.probe_seconds}, at
+                )
+                s.cooldown = cfg.cooldown_seconds
+
+    def _probe_verdict(self, at: float) -> tuple[str, dict[str, Any]] | None:
+        """At the end of a probe: is the rule still abnormal? ``(reason, evidence)`` if so.
+
+        The probe's whole window is compared with its expectation at the modest
+        ``probe_alpha``: the question is no longer "is this an incident?" but "is the
+        rule back to normal?", and a few minutes of shadow traffic must answer it.
+        """
+        s, p = self.s, self.p
+        cfg = p.cfg
+        h = p.h_probe
+        start = at - cfg.probe_seconds
+        onset = int(start // p.bucket_s)
+        frac = min(1.0, (at - s.bucket * p.bucket_s) / p.bucket_s)
+        i = self._window(onset)
+        buckets = max(1, len(s.hist_x) - i + 1)
+        x = sum(s.hist_x[i:]) + s.x
+        m = sum(s.hist_m[i:]) + s.mu * frac
+        rev = sum(s.hist_rev[i:]) + s.rev
+        mrev = max(
+            sum(self._rev_expected(b) for b in range(onset, s.bucket)) + s.mu_rev * frac, 1e-3
+        )
+        n0, k0, e0 = self.current_makeup()
+        n = sum(s.hist_n[i:]) + n0
+        k = sum(s.hist_out[i:]) + k0
+        e = sum(s.hist_eout[i:]) + e0
+        ev: dict[str, Any] = {
+            "onset": to_rfc3339(start),
+            "window_seconds": cfg.probe_seconds,
+            "observed": x,
+            "expected": round(m, 4),
+            "ratio": round(x / m, 3) if m > 0 else None,
+            "reversals": rev,
+            "expected_reversals": round(mrev, 4),
+            "outside_share": round(k / n, 4) if n > 0 else None,
+            "usual_outside_share": round(e / n, 4) if n > 0 else None,
+            "threshold": round(h, 3),
+            "config_version": p.config_version,
+            "rule_version": s.rule_version,
+        }
+        g = glr_up(x, m, s.disp / buckets)
+        if g >= h and x >= cfg.probe_max_ratio * m:
+            return "probe_failed_surge", {**ev, "test": "probe_rate", "statistic": round(g, 3)}
+        g = glr_up(rev, mrev, s.disp_rev / buckets)
+        if g >= h and rev >= cfg.reversal_min_count:
+            return "probe_failed_reversals", {
+                **ev,
+                "test": "probe_reversals",
+                "statistic": round(g, 3),
+            }
+        if n > 0 and (k - e) / n >= cfg.shift_min_excess:
+            g = binomial_excess(k, n, e / n)
+            if g >= h:
+                return "probe_failed_shift", {**ev, "test": "probe_shift", "statistic": round(g, 3)}
+        return None
 
     @property
     def timed(self) -> bool:
@@ -486,6 +588,8 @@ class RuleDetector:
         self, trigger: Trigger, at: float, evidence: dict[str, Any], grace_seconds: float = 0.0
     ) -> bool:
         """Apply an operator trigger; ``False`` when it changed nothing."""
+        if trigger not in OPERATOR_TRIGGERS:
+            raise TransitionError(self.s.rule_id, self.s.state, trigger.value)
         s = self.s
         before = s.version
         self._transition(trigger, trigger.value, dict(evidence), at)
@@ -554,8 +658,15 @@ class RuleDetector:
         s.disp_rev = s.reversals.dispersion(p.rates)
         s.warm = s.baseline.warming_up(p.rates)
         mk = s.makeup
-        if bucket - mk.refreshed_bucket >= MAKEUP_REFRESH_BUCKETS:
-            mk.refresh(bucket, p.cfg.makeup_coverage)
+        if bucket - mk.refreshed_bucket >= MAKEUP_REFRESH_BUCKETS or (
+            not mk.usual and mk.total > 0
+        ):
+            mk.refresh(
+                bucket,
+                p.cfg.makeup_coverage,
+                p.cfg.makeup_min_events,
+                p.cfg.makeup_half_life_buckets,
+            )
         s.known = (
             bool(mk.usual)
             and mk.decayed_total(bucket, p.cfg.makeup_half_life_buckets) >= p.cfg.makeup_min_events
@@ -588,6 +699,8 @@ class RuleDetector:
             self._clear_surge_alerts(x, m, g_bucket)
         elif s.alerts and s.warm and x < cfg.warmup_cap_per_bucket:
             s.alerts = [a for a in s.alerts if a not in SURGE_ALERTS]
+        if watched:
+            self._version_chart(x)
         n, out, eout = self.current_makeup()
         if s.state in (State.CLOSED, State.DISABLED, State.SHADOW):
             # Learn from every bucket outside alerted episodes, with the count clipped
@@ -666,19 +779,29 @@ class RuleDetector:
 
     def _silence_test(self, x: float, m: float, c: float, at: float) -> None:
         s, p = self.s, self.p
+        before = s.silence_chart
         s.silence_chart = min(
-            max(0.0, s.silence_chart + llr(x, m, c, p.cfg.silence_shift)),
+            max(0.0, before + llr(x, m, c, p.cfg.silence_shift)),
             p.h_silence * p.cfg.statistic_cap,
         )
+        if before == 0.0 and s.silence_chart > 0.0:
+            s.silence_onset = s.bucket
         if s.silence_chart == 0.0 and "silent" in s.alerts:
             s.alerts.remove("silent")
         if s.silence_chart >= p.h_silence and p.cfg.alert_on_silence and "silent" not in s.alerts:
+            i = self._window(s.silence_onset)
+            start = (s.bucket - (len(s.hist_x) - i)) * p.bucket_s
+            observed = sum(s.hist_x[i:]) + x
+            expected = sum(s.hist_m[i:]) + m
             ev = {
                 "test": f"cusum_silence_x{p.cfg.silence_shift:g}",
                 "statistic": round(s.silence_chart, 3),
                 "threshold": round(p.h_silence, 3),
-                "observed_last_bucket": x,
-                "expected_last_bucket": round(m, 4),
+                "observed": observed,
+                "expected": round(expected, 4),
+                "ratio": round(observed / expected, 3) if expected > 0 else None,
+                "onset": to_rfc3339(start),
+                "window_seconds": at - start,
                 "rule_version": s.rule_version,
                 "config_version": p.config_version,
             }

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from detector.errors import ContractError
 
 
@@ -46,8 +48,21 @@ class RuleTick:
             if v not in self.versions:
                 self.versions.append(v)
 
+    def copy(self) -> RuleTick:
+        """An independent copy (containers included)."""
+        return RuleTick(
+            self.rule_id,
+            self.tick,
+            self.deactivations,
+            self.reversals,
+            self.shadow,
+            self.other,
+            dict(self.cells),
+            list(self.versions),
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        """Compact JSON-able form (the daemon's aggregate message body)."""
+        """Compact JSON-able form (the daemon's aggregate message body); shares nothing."""
         return {
             "r": self.rule_id,
             "t": self.tick,
@@ -55,8 +70,8 @@ class RuleTick:
             "v": self.reversals,
             "s": self.shadow,
             "o": self.other,
-            "c": self.cells,
-            "n": self.versions,
+            "c": dict(self.cells),
+            "n": list(self.versions),
         }
 
     @classmethod
@@ -75,3 +90,56 @@ class RuleTick:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ContractError("invalid_value", "aggregate", f"bad aggregate: {exc}") from None
+
+
+@dataclass(slots=True)
+class IngestBatch:
+    """One ingest flush of one input partition: the state stage's input message.
+
+    ``lo..hi`` is the contiguous range of input offsets the batch covers (both
+    ``None`` for a heartbeat that only moves time on). The state stage applies
+    each range once, which is what makes counting exactly-once although Kafka
+    delivers at least once. ``watermark`` is the largest event time seen on the
+    partition; ``active`` says whether the partition delivered records recently
+    (idle partitions do not hold time back).
+    """
+
+    partition: int
+    lo: int | None
+    hi: int | None
+    watermark: float | None
+    active: bool
+    aggregates: list[RuleTick] = field(default_factory=list)
+    rejected: int = 0
+    """Records of the range sent to the dead-letter topic instead."""
+
+    def to_json(self) -> bytes:
+        """Wire form (compact JSON)."""
+        return orjson.dumps(
+            {
+                "p": self.partition,
+                "lo": self.lo,
+                "hi": self.hi,
+                "wm": self.watermark,
+                "a": self.active,
+                "x": self.rejected,
+                "g": [a.to_dict() for a in self.aggregates],
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> IngestBatch:
+        """Inverse of :meth:`to_json`; raises :class:`ContractError` on a bad message."""
+        try:
+            d = orjson.loads(raw)
+            return cls(
+                int(d["p"]),
+                None if d["lo"] is None else int(d["lo"]),
+                None if d["hi"] is None else int(d["hi"]),
+                None if d["wm"] is None else float(d["wm"]),
+                bool(d["a"]),
+                [RuleTick.from_dict(a) for a in d["g"]],
+                int(d["x"]),
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ContractError("invalid_value", "batch", f"bad ingest batch: {exc}") from None

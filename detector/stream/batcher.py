@@ -1,0 +1,158 @@
+"""The ingest stage's logic, without Kafka: records of one input partition to batches.
+
+Validates each record against the event contract (the same fast path as the
+backtest), sends what breaks it to the dead-letter list with a reason, and
+aggregates the rest per rule and tick. A batch covers a contiguous offset range
+``lo..hi``; after a restart the batcher can be told to cut exactly where the
+last (possibly unacknowledged) batch ended, so that a re-sent batch is the
+same batch and the state stage can recognise it.
+
+The wall clock is an argument (``now``): it only rejects events from the far
+future or the far past. Lateness against the engine's buckets is judged by the
+engine itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import orjson
+
+from detector.aggregate import Aggregator
+from detector.config import EngineConfig
+from detector.errors import ContractError
+from detector.wire.aggregates import IngestBatch
+from detector.wire.events import MAX_EVENT_BYTES, parse_event, quick_fields
+
+
+@dataclass(frozen=True, slots=True)
+class InputRecord:
+    """One consumed Kafka record (only what the ingest needs)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record that could not be counted, and why."""
+
+    record: InputRecord
+    reason: str
+    field: str | None
+    error: str
+
+
+@dataclass(frozen=True)
+class TimeGuards:
+    """Event times the ingest refuses, relative to the wall clock."""
+
+    max_future_seconds: float = 600.0
+    max_age_seconds: float = 0.0
+    """Older events are ``too_old``; 0 disables the check (replaying history)."""
+
+    def check(self, occurred_at: float, now: float) -> str | None:
+        """The rejection reason for an event at ``occurred_at``, or ``None``."""
+        if occurred_at > now + self.max_future_seconds:
+            return "future"
+        if self.max_age_seconds and occurred_at < now - self.max_age_seconds:
+            return "too_old"
+        return None
+
+
+@dataclass
+class PartitionBatcher:
+    """Accumulates one input partition's records until the next cut."""
+
+    partition: int
+    config: EngineConfig
+    guards: TimeGuards = field(default_factory=TimeGuards)
+    max_records: int = 20_000
+    force_cut_at: int | None = None
+    """After a restart: the offset at which the last sent batch ended."""
+    watermark: float | None = None
+    lo: int | None = None
+    hi: int | None = None
+    count: int = 0
+    opened_at: float = 0.0
+    dead: list[DeadLetter] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._agg = Aggregator(self.config, guard=False)
+
+    def add(self, rec: InputRecord, now: float) -> None:
+        """Validate and count one record (``now``: wall-clock seconds)."""
+        if self.lo is None:
+            self.lo, self.opened_at = rec.offset, now
+        self.hi = rec.offset
+        self.count += 1
+        raw = rec.value
+        if raw is None:
+            self.dead.append(DeadLetter(rec, "not_json", None, "message has no value"))
+            return
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            obj = None
+        fields = quick_fields(obj) if len(raw) <= MAX_EVENT_BYTES else None
+        if fields is None:
+            try:
+                ev = parse_event(raw)
+            except ContractError as exc:
+                self.dead.append(DeadLetter(rec, exc.reason, exc.field, str(exc)))
+                return
+            t = ev.occurred_at
+            reason = self.guards.check(t, now)
+            if reason is None:
+                self._agg.add(ev)
+        else:
+            t = fields[0]
+            reason = self.guards.check(t, now)
+            if reason is None:
+                self._agg.add_fields(*fields)
+        if reason is not None:
+            self.dead.append(DeadLetter(rec, reason, "occurred_at", f"event time {t} is {reason}"))
+        elif self.watermark is None or t > self.watermark:
+            self.watermark = t
+
+    def must_cut(self) -> bool:
+        """True when the batch has to be cut now (full, or at the forced boundary)."""
+        return self.count >= self.max_records or (
+            self.force_cut_at is not None and self.hi is not None and self.hi >= self.force_cut_at
+        )
+
+    def due(self, now: float, interval: float) -> bool:
+        """True when records have waited ``interval`` seconds (and no forced cut is pending)."""
+        if self.count == 0:
+            return False
+        if self.force_cut_at is not None and self.hi is not None and self.hi < self.force_cut_at:
+            return False
+        return now - self.opened_at >= interval
+
+    def cut(self, active: bool = True) -> tuple[IngestBatch, list[DeadLetter]]:
+        """Close the batch (or make a heartbeat when empty) and start a new one."""
+        batch = IngestBatch(
+            self.partition,
+            self.lo,
+            self.hi,
+            self.watermark,
+            active,
+            self._agg.drain(),
+            len(self.dead),
+        )
+        dead = self.dead
+        if self.hi is not None and self.force_cut_at is not None and self.hi >= self.force_cut_at:
+            self.force_cut_at = None
+        self.lo = self.hi = None
+        self.count = 0
+        self.dead = []
+        return batch, dead
+
+    def idle_advance(self, seconds: float) -> None:
+        """Move an idle partition's watermark on by wall-clock time (it holds no records)."""
+        if self.watermark is not None and seconds > 0:
+            self.watermark += seconds
