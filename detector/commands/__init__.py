@@ -8,7 +8,7 @@ from typing import Any
 
 def register_all(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
     """Add every subcommand's parser to ``sub``."""
-    from detector.commands import backtest, broker, simulate
+    from detector.commands import backtest, broker, simulate, worker
 
-    for module in (backtest, simulate, broker):
+    for module in (backtest, simulate, worker, broker):
         module.register(sub, formatter)

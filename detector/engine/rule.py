@@ -86,6 +86,8 @@ class RuleState:
     """While a new rule version warms up: evidence against the previous version's baseline."""
     version_onset: int = 0
     alerts: list[str] = field(default_factory=list)
+    counted: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    """Every action ever counted for the rule: deactivations, reversals, others."""
     quiet: int = 0
     """Consecutive buckets without excess during a surge episode."""
     # the still-filling bucket
@@ -184,6 +186,10 @@ class RuleDetector:
         s.x += agg.deactivations
         s.tick_x += agg.deactivations
         s.rev += agg.reversals
+        counted = s.counted
+        counted[0] += agg.deactivations
+        counted[1] += agg.reversals
+        counted[2] += agg.other
         s.shadow += agg.shadow
         s.other += agg.other
         cells = s.cells

@@ -71,6 +71,8 @@ class PartitionBatcher:
     partition: int
     config: EngineConfig
     guards: TimeGuards = field(default_factory=TimeGuards)
+    partitions: int = 1
+    """Partitions of the input topic (told to the state stage)."""
     max_records: int = 20_000
     force_cut_at: int | None = None
     """After a restart: the offset at which the last sent batch ended."""
@@ -79,6 +81,7 @@ class PartitionBatcher:
     hi: int | None = None
     count: int = 0
     opened_at: float = 0.0
+    newest_append_ms: int | None = None
     dead: list[DeadLetter] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -90,6 +93,10 @@ class PartitionBatcher:
             self.lo, self.opened_at = rec.offset, now
         self.hi = rec.offset
         self.count += 1
+        if rec.timestamp_ms is not None and (
+            self.newest_append_ms is None or rec.timestamp_ms > self.newest_append_ms
+        ):
+            self.newest_append_ms = rec.timestamp_ms
         raw = rec.value
         if raw is None:
             self.dead.append(DeadLetter(rec, "not_json", None, "message has no value"))
@@ -143,6 +150,8 @@ class PartitionBatcher:
             active,
             self._agg.drain(),
             len(self.dead),
+            self.newest_append_ms,
+            self.partitions,
         )
         dead = self.dead
         if self.hi is not None and self.force_cut_at is not None and self.hi >= self.force_cut_at:
@@ -150,6 +159,7 @@ class PartitionBatcher:
         self.lo = self.hi = None
         self.count = 0
         self.dead = []
+        self.newest_append_ms = None
         return batch, dead
 
     def idle_advance(self, seconds: float) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from detector.config import EngineConfig
-from detector.engine.core import Engine
+from detector.engine.core import BucketHook, Engine
 from detector.errors import StateError
 from detector.wire.aggregates import IngestBatch, RuleTick
 from detector.wire.records import Record
@@ -51,10 +51,17 @@ class Mark:
 class StateMachine:
     """Engine plus exactly-once bookkeeping; event time only, no I/O."""
 
-    def __init__(self, config: EngineConfig | None = None, engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        engine: Engine | None = None,
+        on_bucket: BucketHook | None = None,
+    ) -> None:
         self.config = config or EngineConfig()
-        self.engine = engine or Engine(self.config)
+        self.engine = engine or Engine(self.config, on_bucket=on_bucket)
         self.marks: dict[int, Mark] = {}
+        self.partitions = 0
+        """Partitions of the input topic (from the batches)."""
         self.position = -1
         """Offset of the last aggregates message applied."""
 
@@ -65,6 +72,7 @@ class StateMachine:
             out.duplicate = True
             return out
         self.position = offset
+        self.partitions = max(self.partitions, batch.partitions)
         mark = self.marks.setdefault(batch.partition, Mark())
         if batch.hi is not None and batch.lo is not None:
             if batch.hi <= mark.applied:
@@ -87,12 +95,20 @@ class StateMachine:
     def watermark(self) -> float | None:
         """Event time the engine may advance to: the slowest active partition's.
 
-        Idle partitions do not hold time back; when every partition is idle, the
-        most advanced one sets the time (the ingest moves idle watermarks on).
+        Time stands still until every input partition has reported once, and while an
+        active partition has no events yet (either may hold older events). Idle
+        partitions (no records and no lag for a while) do not hold time back; when every
+        partition is idle, the most advanced one sets the time (the ingest moves idle
+        watermarks on with the wall clock). Idleness is a real-time notion: a partition
+        that was idle and then receives a backlog of old events can find their buckets
+        closed (they go to the dead-letter topic as ``too_late``).
         """
-        active = [m.watermark for m in self.marks.values() if m.active and m.watermark is not None]
+        if any(p not in self.marks for p in range(self.partitions)):
+            return None
+        active = [m.watermark for m in self.marks.values() if m.active]
         if active:
-            return min(active)
+            # An active partition without events yet may be about to deliver old ones.
+            return None if None in active else min(w for w in active if w is not None)
         known = [m.watermark for m in self.marks.values() if m.watermark is not None]
         return max(known) if known else None
 
@@ -101,6 +117,7 @@ class StateMachine:
         return {
             "format": SNAPSHOT_FORMAT,
             "position": self.position,
+            "partitions": self.partitions,
             "marks": {
                 str(p): {"applied": m.applied, "watermark": m.watermark, "active": m.active}
                 for p, m in sorted(self.marks.items())
@@ -109,14 +126,20 @@ class StateMachine:
         }
 
     @classmethod
-    def restore(cls, data: dict[str, Any], config: EngineConfig | None = None) -> StateMachine:
+    def restore(
+        cls,
+        data: dict[str, Any],
+        config: EngineConfig | None = None,
+        on_bucket: BucketHook | None = None,
+    ) -> StateMachine:
         """Rebuild from :meth:`snapshot` output."""
         if data.get("format") != SNAPSHOT_FORMAT:
             raise StateError(f"unknown state-machine snapshot format {data.get('format')!r}")
         cfg = config or EngineConfig()
         try:
-            machine = cls(cfg, Engine.restore(data["engine"], cfg))
+            machine = cls(cfg, Engine.restore(data["engine"], cfg, on_bucket=on_bucket))
             machine.position = int(data["position"])
+            machine.partitions = int(data["partitions"])
             for p, m in data["marks"].items():
                 wm = m["watermark"]
                 machine.marks[int(p)] = Mark(

@@ -69,7 +69,7 @@ class Settings:
     flush_interval: float = 0.1
     """Longest time an event waits in the ingest stage before its batch is sent."""
     max_batch: int = 20_000
-    idle_after: float = 2.0
+    idle_after: float = 5.0
     """A partition without records for this long no longer holds event time back."""
     checkpoint_interval: float = 5.0
     max_future: float = 600.0

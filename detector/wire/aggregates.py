@@ -112,6 +112,10 @@ class IngestBatch:
     aggregates: list[RuleTick] = field(default_factory=list)
     rejected: int = 0
     """Records of the range sent to the dead-letter topic instead."""
+    newest_append_ms: int | None = None
+    """Kafka timestamp of the batch's newest record (for latency measurement)."""
+    partitions: int = 1
+    """Partitions of the input topic: time waits until every one has reported."""
 
     def to_json(self) -> bytes:
         """Wire form (compact JSON)."""
@@ -123,6 +127,8 @@ class IngestBatch:
                 "wm": self.watermark,
                 "a": self.active,
                 "x": self.rejected,
+                "ts": self.newest_append_ms,
+                "n": self.partitions,
                 "g": [a.to_dict() for a in self.aggregates],
             }
         )
@@ -140,6 +146,8 @@ class IngestBatch:
                 bool(d["a"]),
                 [RuleTick.from_dict(a) for a in d["g"]],
                 int(d["x"]),
+                None if d.get("ts") is None else int(d["ts"]),
+                int(d.get("n", 1)),
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ContractError("invalid_value", "batch", f"bad ingest batch: {exc}") from None
