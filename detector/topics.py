@@ -8,7 +8,8 @@ first and only describes topics that already exist.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,3 +144,32 @@ async def _check_existing(admin: AIOKafkaAdminClient, specs: list[TopicSpec]) ->
             if found_value != value:
                 hint = _AUTO_CREATED_HINT if found_value is None else ""
                 raise TopicMismatchError(spec.name, f"config {key!r}", value, found_value, hint)
+
+
+async def read_to_end(
+    consumer: Any,
+    tps: list[Any],
+    on_message: Callable[[Any], None],
+    *,
+    timeout_s: float = 30.0,
+    poll_ms: int = 300,
+) -> None:
+    """Read the assigned partitions ``tps`` from their positions to their current ends.
+
+    The end is the highwater a fetch reported: tansu's ``end_offsets`` under-counts
+    (it answers with the last batch's base offset + 1), and before the first fetch
+    completes the highwater is unknown, not zero.
+    """
+    pending = set(tps)
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        if time.monotonic() > deadline:
+            raise TopicError(f"could not read {sorted(str(tp) for tp in pending)} to the end")
+        got = await consumer.getmany(*pending, timeout_ms=poll_ms)
+        for msgs in got.values():
+            for msg in msgs:
+                on_message(msg)
+        for tp in list(pending):
+            high = consumer.highwater(tp)
+            if not got.get(tp) and high is not None and await consumer.position(tp) >= high:
+                pending.discard(tp)

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from detector.broker import free_port
 from detector.config import EngineConfig
+from detector.topics import read_to_end
 
 FAST = {"DETECTOR_SESSION_TIMEOUT": "2", "DETECTOR_HEARTBEAT_INTERVAL": "0.5"}
 
@@ -241,15 +242,7 @@ async def read_topic(bootstrap: str, topic: str, idle_ms: int = 500) -> list[Any
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         out: list[Any] = []
-        pending = set(tps)
-        while pending:
-            got = await consumer.getmany(*pending, timeout_ms=idle_ms)
-            for msgs in got.values():
-                out.extend(msgs)
-            for tp in list(pending):
-                high = consumer.highwater(tp)
-                if not got.get(tp) and (high is None or await consumer.position(tp) >= high):
-                    pending.discard(tp)
+        await read_to_end(consumer, tps, out.append, poll_ms=idle_ms)
         return out
     finally:
         await consumer.stop()

@@ -27,6 +27,7 @@ from detector.config import EngineConfig
 from detector.metrics import Metrics
 from detector.stream.batcher import DeadLetter, InputRecord, PartitionBatcher, TimeGuards
 from detector.stream.settings import Settings
+from detector.topics import read_to_end
 from detector.wire.rulestate import (
     H_ERROR,
     H_FIELD,
@@ -59,6 +60,9 @@ class Ingest:
         self.last_record: dict[int, float] = {}
         self.last_heartbeat: dict[int, float] = {}
         self.lag: dict[int, int] = {}
+        self.reported: dict[int, bool] = {}
+        """Whether each partition was last reported active to the state stage."""
+        self.woke_at = 0.0
         self.consumer: AIOKafkaConsumer | None = None
         self.last_ok = time.monotonic()
         self.outage = False
@@ -96,6 +100,14 @@ class Ingest:
             timeout_ms=int(s.flush_interval * 1000), max_records=s.max_batch
         )
         now = time.time()
+        if fetched and self.batchers and not any(self.reported.get(p, True) for p in self.batchers):
+            # Records again after every partition went idle: a backlog may be arriving
+            # on all of them. Report them all active before the first batch, so that the
+            # first partition to deliver does not drag event time past the others.
+            self.woke_at = now
+            for p in list(self.batchers):
+                if self.batchers[p].count == 0:
+                    await self._heartbeat(p, now)
         for tp, msgs in fetched.items():
             batcher = self.batchers.get(tp.partition)
             if batcher is None:
@@ -125,12 +137,13 @@ class Ingest:
         s = self.settings
         batcher = self.batchers[partition]
         batch, dead = batcher.cut(active=True)
+        self.reported[partition] = True
         if batch.hi is None or batch.lo is None:
             return
         await self.producer.send_and_wait(
             s.topic_progress,
             str(partition).encode(),
-            orjson.dumps({"lo": batch.lo, "hi": batch.hi}),
+            orjson.dumps({"lo": batch.lo, "hi": batch.hi, "wm": batch.watermark}),
             partition,
             None,
             None,
@@ -150,10 +163,14 @@ class Ingest:
         """Report a partition without pending records (an empty batch); once it has had
         no records and no lag for ``idle_after``, it is idle and moves time on."""
         batcher = self.batchers[partition]
-        idle_for = now - self.last_record.get(partition, now)
+        idle_for = now - max(self.last_record.get(partition, now), self.woke_at)
         active = idle_for < self.settings.idle_after or self.lag.get(partition, 1) > 0
-        if not active:
-            batcher.idle_advance(now - self.last_heartbeat.get(partition, now))
+        self.reported[partition] = active
+        if not active and not self.outage:
+            # Capped: after a pause (an outage, a stalled loop) time must not jump by the
+            # whole pause, past events that are only now arriving.
+            elapsed = now - self.last_heartbeat.get(partition, now)
+            batcher.idle_advance(min(elapsed, 2 * HEARTBEAT_SECONDS))
         batch, _ = batcher.cut(active=active)
         await self.producer.send_and_wait(
             self.settings.topic_aggregates, str(partition).encode(), batch.to_json(), 0, None, None
@@ -225,6 +242,9 @@ class Ingest:
                 partitions=partitions,
                 max_records=self.settings.max_batch,
                 force_cut_at=force,
+                # Event time carries over: a partition that gets no new records still
+                # moves time on when idle.
+                watermark=None if last is None else last.get("wm"),
             )
             self.last_heartbeat[tp.partition] = 0.0
             self.last_record[tp.partition] = time.time()
@@ -244,7 +264,7 @@ class Ingest:
                     log.exception("flush on revoke failed", extra={"partition": tp.partition})
                 del self.batchers[tp.partition]
 
-    async def _last_progress(self, partition: int) -> dict[str, int] | None:
+    async def _last_progress(self, partition: int) -> dict[str, Any] | None:
         """The last progress record of an input partition."""
         s = self.settings
         consumer = AIOKafkaConsumer(
@@ -255,15 +275,13 @@ class Ingest:
             tp = TopicPartition(s.topic_progress, partition)
             consumer.assign([tp])
             await consumer.seek_to_beginning(tp)
-            last: dict[str, int] | None = None
-            deadline = time.monotonic() + 30.0
-            while time.monotonic() < deadline:
-                got = await consumer.getmany(tp, timeout_ms=300)
-                for msg in got.get(tp, []):
-                    last = orjson.loads(msg.value)
-                high = consumer.highwater(tp)
-                if not got.get(tp) and (high is None or await consumer.position(tp) >= high):
-                    break
+            last: dict[str, Any] | None = None
+
+            def keep(msg: Any) -> None:
+                nonlocal last
+                last = orjson.loads(msg.value)
+
+            await read_to_end(consumer, [tp], keep)
             return last
         finally:
             await consumer.stop()
