@@ -67,7 +67,7 @@ class Aggregator:
         version: str | None,
         shadow: bool,
     ) -> str | None:
-        """:meth:`add` for the fields of :func:`~detector.wire.events.quick_fields`
+        """:meth:`add` for the fields of :func:`~detector.wire.events.fast_fields`
         (``cell`` is ``None`` for actions that are not deactivations).
 
         This is the replay's innermost loop: keep it flat.

@@ -27,7 +27,7 @@ from detector.aggregate import Aggregator
 from detector.config import EngineConfig
 from detector.engine.core import BucketScore, Engine
 from detector.errors import ContractError, DetectorError
-from detector.wire.events import MAX_EVENT_BYTES, parse_event, quick_fields
+from detector.wire.events import fast_fields, parse_event
 from detector.wire.records import Record
 from detector.wire.timefmt import from_rfc3339, to_rfc3339
 
@@ -164,18 +164,13 @@ class Backtest:
         res = self.result
         agg = self.agg
         add_fields = agg.add_fields
-        loads, decode_error = orjson.loads, orjson.JSONDecodeError
         consumed = 0
         line_no = 0
         for line_no, raw in enumerate(lines, 1):
             consumed += len(raw)
             # Hot path: decode, take the plain shape quickly; anything else gets the full
             # validator, whose error names the field.
-            try:
-                obj = loads(raw)
-            except decode_error:
-                obj = None
-            fields = quick_fields(obj) if len(raw) <= MAX_EVENT_BYTES else None
+            fields = fast_fields(raw)
             if fields is not None:
                 reason = add_fields(*fields)
                 t = fields[0]

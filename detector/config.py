@@ -33,6 +33,9 @@ class EngineConfig:
     lateness_seconds: float = 10.0
     """How long after a tick ends its events may still arrive; decisions wait this long."""
     max_future_seconds: float = 600.0
+    max_gap_seconds: float = 3600.0
+    """Event time without a single action from any rule that is skipped, not judged: the
+    pipeline was down (a time_gap alert says so)."""
     """Events further than this ahead of the watermark are rejected as ``future``."""
 
     # --- false-alarm budgets ---

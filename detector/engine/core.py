@@ -24,7 +24,7 @@ from detector.engine.rule import WARMUP_LEVEL_BUCKETS, RuleDetector, RuleState
 from detector.errors import StateError
 from detector.wire.aggregates import RuleTick
 from detector.wire.events import GLOBAL_RULE_ID
-from detector.wire.records import TRANSITION, Record
+from detector.wire.records import ALERT, TRANSITION, Record
 from detector.wire.timefmt import to_rfc3339
 
 SNAPSHOT_FORMAT = 1
@@ -190,8 +190,13 @@ class Engine:
             self._start(first)
         assert self.tick is not None and self.bucket is not None
         tpb = p.tpb
+        gap_ticks = int(self.config.max_gap_seconds // p.tick_s)
         while self.tick < last:
             bucket_last = (self.bucket + 1) * tpb - 1
+            head = self._heads[0] if self._heads else last + 1
+            if self.tick == bucket_last - tpb and min(head, last + 1) - self.tick > gap_ticks:
+                self._skip_gap(min(head, last + 1) // tpb)
+                continue
             nxt = min(bucket_last, last)
             if self._heads and self._heads[0] < nxt:
                 nxt = self._heads[0]
@@ -212,6 +217,42 @@ class Engine:
                     self._many_rules(mark, at)
                 self._track(mark)
         return self._drain()
+
+    def _skip_gap(self, bucket: int) -> None:
+        """Jump over a stretch of event time in which no rule saw anything.
+
+        Nothing arriving from any rule for ``max_gap_seconds`` means the pipeline was
+        down, not that every rule went silent: the empty buckets are neither learned
+        from nor judged (which would also take minutes for a gap of days).
+        """
+        assert self.bucket is not None
+        p = self.params
+        old = self.bucket
+        self.bucket = bucket
+        self.tick = bucket * p.tpb - 1
+        here = position((bucket + 0.5) * p.bucket_s)
+        for rule_id in self._order:
+            self.rules[rule_id].open_bucket(bucket, here)
+        if self.glob is not None:
+            self.glob.open_bucket(bucket, here)
+        gap = (bucket - old) * p.bucket_s
+        target = self.glob or (self.rules[self._order[0]] if self._order else None)
+        if target is not None:
+            self._out.append(
+                Record(
+                    target.s.rule_id,
+                    bucket * p.bucket_s,
+                    ALERT,
+                    target.s.state,
+                    target.s.state,
+                    "time_gap",
+                    {
+                        "skipped_seconds": gap,
+                        "from": to_rfc3339(old * p.bucket_s),
+                        "config_version": p.config_version,
+                    },
+                )
+            )
 
     def _next_deadline(self) -> int:
         """The first tick that ends at or after the earliest cool-down or probe deadline."""

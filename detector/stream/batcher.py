@@ -15,26 +15,42 @@ engine itself.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import orjson
+from typing import Protocol
 
 from detector.aggregate import Aggregator
 from detector.config import EngineConfig
 from detector.errors import ContractError
 from detector.wire.aggregates import IngestBatch
-from detector.wire.events import MAX_EVENT_BYTES, parse_event, quick_fields
+from detector.wire.events import fast_fields, parse_event
+
+
+class InputRecord(Protocol):
+    """What the ingest reads of a consumed Kafka record (aiokafka's records fit)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def timestamp(self) -> int | None: ...
 
 
 @dataclass(frozen=True, slots=True)
-class InputRecord:
-    """One consumed Kafka record (only what the ingest needs)."""
+class RawRecord:
+    """An :class:`InputRecord` built by hand (tests, tools)."""
 
     topic: str
     partition: int
     offset: int
     key: bytes | None
     value: bytes | None
-    timestamp_ms: int | None = None
+    timestamp: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +98,7 @@ class PartitionBatcher:
     count: int = 0
     opened_at: float = 0.0
     newest_append_ms: int | None = None
+    oldest_append_ms: int | None = None
     dead: list[DeadLetter] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -93,19 +110,17 @@ class PartitionBatcher:
             self.lo, self.opened_at = rec.offset, now
         self.hi = rec.offset
         self.count += 1
-        if rec.timestamp_ms is not None and (
-            self.newest_append_ms is None or rec.timestamp_ms > self.newest_append_ms
-        ):
-            self.newest_append_ms = rec.timestamp_ms
+        ts = rec.timestamp
+        if ts is not None:
+            if self.newest_append_ms is None or ts > self.newest_append_ms:
+                self.newest_append_ms = ts
+            if self.oldest_append_ms is None or ts < self.oldest_append_ms:
+                self.oldest_append_ms = ts
         raw = rec.value
         if raw is None:
             self.dead.append(DeadLetter(rec, "not_json", None, "message has no value"))
             return
-        try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            obj = None
-        fields = quick_fields(obj) if len(raw) <= MAX_EVENT_BYTES else None
+        fields = fast_fields(raw)
         if fields is None:
             try:
                 ev = parse_event(raw)
@@ -152,6 +167,7 @@ class PartitionBatcher:
             len(self.dead),
             self.newest_append_ms,
             self.partitions,
+            self.oldest_append_ms,
         )
         dead = self.dead
         if self.hi is not None and self.force_cut_at is not None and self.hi >= self.force_cut_at:
@@ -159,7 +175,7 @@ class PartitionBatcher:
         self.lo = self.hi = None
         self.count = 0
         self.dead = []
-        self.newest_append_ms = None
+        self.newest_append_ms = self.oldest_append_ms = None
         return batch, dead
 
     def idle_advance(self, seconds: float) -> None:

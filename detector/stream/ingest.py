@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from detector.config import EngineConfig
 from detector.metrics import Metrics
-from detector.stream.batcher import DeadLetter, InputRecord, PartitionBatcher, TimeGuards
+from detector.stream.batcher import DeadLetter, PartitionBatcher, TimeGuards
 from detector.stream.settings import Settings
 from detector.topics import read_to_end
 from detector.wire.rulestate import (
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 1.0
 OUTAGE_SECONDS = 5.0
+YIELD_EVERY = 1000
 """Kafka not answering for this long counts as an outage (visible in metrics)."""
 
 
@@ -114,15 +115,20 @@ class Ingest:
                 continue  # revoked meanwhile: its next owner reads from the committed offset
             self.last_record[tp.partition] = now
             self.metrics.events_consumed.labels(partition=str(tp.partition)).inc(len(msgs))
-            for m in msgs:
-                batcher.add(
-                    InputRecord(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp), now
-                )
+            for i, m in enumerate(msgs, 1):
+                batcher.add(m, now)
                 if batcher.must_cut():
                     await self.flush(tp.partition)
+                elif i % YIELD_EVERY == 0:
+                    # Let aiokafka's fetcher (same event loop) ask for the next records
+                    # while these are processed: otherwise every poll waits a round trip.
+                    await asyncio.sleep(0)
+        due = [p for p, b in self.batchers.items() if b.due(now, s.flush_interval)]
+        if due:
+            await self.flush(*due)
         for p, batcher in list(self.batchers.items()):
-            if batcher.due(now, s.flush_interval):
-                await self.flush(p)
+            if p in due:
+                pass
             elif batcher.count == 0 and now - self.last_heartbeat.get(p, 0.0) >= HEARTBEAT_SECONDS:
                 await self._heartbeat(p, now)
             tp = TopicPartition(s.topic_actions, p)
@@ -132,31 +138,46 @@ class Ingest:
                 self.metrics.consumer_lag.labels(partition=str(p)).set(self.lag[p])
 
     # ----- sending -----
-    async def flush(self, partition: int) -> None:
-        """Send the partition's batch: progress record, dead letters, batch, commit."""
+    async def flush(self, *partitions: int) -> None:
+        """Send the partitions' batches: progress records, then dead letters and batches,
+        then one commit. Each step's sends go out together (one round trip, not one per
+        partition); the order of the steps is what makes a re-sent batch recognisable."""
         s = self.settings
-        batcher = self.batchers[partition]
-        batch, dead = batcher.cut(active=True)
-        self.reported[partition] = True
-        if batch.hi is None or batch.lo is None:
+        cuts = []
+        for p in partitions:
+            batch, dead = self.batchers[p].cut(active=True)
+            self.reported[p] = True
+            if batch.hi is not None and batch.lo is not None:
+                cuts.append((p, batch, dead))
+        if not cuts:
             return
-        await self.producer.send_and_wait(
-            s.topic_progress,
-            str(partition).encode(),
-            orjson.dumps({"lo": batch.lo, "hi": batch.hi, "wm": batch.watermark}),
-            partition,
-            None,
-            None,
-        )
-        if dead:
-            await self._dead_letter(dead)
-        await self.producer.send_and_wait(
-            s.topic_aggregates, str(partition).encode(), batch.to_json(), 0, None, None
-        )
+        send = self.producer.send
+        marks = [
+            await send(
+                s.topic_progress,
+                str(p).encode(),
+                orjson.dumps({"lo": b.lo, "hi": b.hi, "wm": b.watermark}),
+                p,
+                None,
+                None,
+            )
+            for p, b, _ in cuts
+        ]
+        await asyncio.gather(*marks)
+        sent = [await self._dead_letter(dead) for _, _, dead in cuts if dead]
+        sent += [
+            await send(s.topic_aggregates, str(p).encode(), b.to_json(), 0, None, None)
+            for p, b, _ in cuts
+        ]
+        await asyncio.gather(*sent)
         assert self.consumer is not None
-        await self.consumer.commit({TopicPartition(s.topic_actions, partition): batch.hi + 1})
-        self.metrics.batches.labels(kind="records").inc()
-        self.last_heartbeat[partition] = time.time()
+        await self.consumer.commit(
+            {TopicPartition(s.topic_actions, p): b.hi + 1 for p, b, _ in cuts if b.hi is not None}
+        )
+        self.metrics.batches.labels(kind="records").inc(len(cuts))
+        now = time.time()
+        for p, _, _ in cuts:
+            self.last_heartbeat[p] = now
         self._ok()
 
     async def _heartbeat(self, partition: int, now: float) -> None:
@@ -179,7 +200,8 @@ class Ingest:
         self.metrics.batches.labels(kind="heartbeat").inc()
         self._ok()
 
-    async def _dead_letter(self, dead: list[DeadLetter]) -> None:
+    async def _dead_letter(self, dead: list[DeadLetter]) -> asyncio.Future[Any]:
+        """Queue the dead letters; returns one future for all of them."""
         s = self.settings
         futures = []
         for d in dead:
@@ -191,7 +213,7 @@ class Ingest:
                 (H_TOPIC, r.topic.encode()),
                 (H_PARTITION, str(r.partition).encode()),
                 (H_OFFSET, str(r.offset).encode()),
-                (H_TIMESTAMP, str(r.timestamp_ms or "").encode()),
+                (H_TIMESTAMP, str(r.timestamp or "").encode()),
             ]
             futures.append(
                 await self.producer.send(
@@ -199,7 +221,7 @@ class Ingest:
                 )
             )
             self.metrics.events_dead_lettered.labels(reason=d.reason).inc()
-        await asyncio.gather(*futures)
+        return asyncio.gather(*futures)
 
     # ----- health -----
     def _ok(self) -> None:
@@ -227,9 +249,10 @@ class Ingest:
         # aiokafka goes on fetching while this callback awaits: hold the partitions
         # until their batchers know where to cut.
         self.consumer.pause(*tps)
+        progress = await self._last_progress([tp.partition for tp in tps])
         for tp in tps:
             committed = await self.consumer.committed(tp)
-            last = await self._last_progress(tp.partition)
+            last = progress.get(tp.partition)
             force = None
             if last is not None and (committed is None or committed <= last["hi"]):
                 # The batch lo..hi may have been sent without the commit: cut it again.
@@ -248,11 +271,11 @@ class Ingest:
             )
             self.last_heartbeat[tp.partition] = 0.0
             self.last_record[tp.partition] = time.time()
-            self.consumer.resume(tp)
             log.info(
                 "input partition assigned",
                 extra={"partition": tp.partition, "committed": committed, "recut_at": force},
             )
+        self.consumer.resume(*tps)
 
     async def revoked(self, tps: list[TopicPartition]) -> None:
         """Partitions leave this worker: send what is pending first, then forget them."""
@@ -264,24 +287,23 @@ class Ingest:
                     log.exception("flush on revoke failed", extra={"partition": tp.partition})
                 del self.batchers[tp.partition]
 
-    async def _last_progress(self, partition: int) -> dict[str, Any] | None:
-        """The last progress record of an input partition."""
+    async def _last_progress(self, partitions: list[int]) -> dict[int, dict[str, Any]]:
+        """The last progress record of each input partition (read in one pass)."""
         s = self.settings
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap, enable_auto_commit=False, **s.kafka_security()
         )
         await consumer.start()
         try:
-            tp = TopicPartition(s.topic_progress, partition)
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            last: dict[str, Any] | None = None
+            tps = [TopicPartition(s.topic_progress, p) for p in partitions]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            last: dict[int, dict[str, Any]] = {}
 
             def keep(msg: Any) -> None:
-                nonlocal last
-                last = orjson.loads(msg.value)
+                last[msg.partition] = orjson.loads(msg.value)
 
-            await read_to_end(consumer, [tp], keep)
+            await read_to_end(consumer, tps, keep)
             return last
         finally:
             await consumer.stop()

@@ -259,8 +259,9 @@ class StateStage:
         if wm is not None:
             m.watermark.set(wm)
             m.watermark_lag.set(max(0.0, now - wm))
-        if batch.newest_append_ms is not None:
-            m.latency.observe(max(0.0, now - batch.newest_append_ms / 1000.0))
+        if batch.oldest_append_ms is not None:
+            # The batch's oldest event waited longest: every event's latency is at most this.
+            m.latency.observe(max(0.0, now - batch.oldest_append_ms / 1000.0))
         for rec in records:
             if rec.is_transition:
                 m.transitions.labels(rule_id=rec.rule_id, to=rec.to_state, reason=rec.reason).inc()

@@ -116,6 +116,8 @@ class IngestBatch:
     """Kafka timestamp of the batch's newest record (for latency measurement)."""
     partitions: int = 1
     """Partitions of the input topic: time waits until every one has reported."""
+    oldest_append_ms: int | None = None
+    """Kafka timestamp of the batch's oldest record (its events waited longest)."""
 
     def to_json(self) -> bytes:
         """Wire form (compact JSON)."""
@@ -129,6 +131,7 @@ class IngestBatch:
                 "x": self.rejected,
                 "ts": self.newest_append_ms,
                 "n": self.partitions,
+                "to": self.oldest_append_ms,
                 "g": [a.to_dict() for a in self.aggregates],
             }
         )
@@ -148,6 +151,7 @@ class IngestBatch:
                 int(d["x"]),
                 None if d.get("ts") is None else int(d["ts"]),
                 int(d.get("n", 1)),
+                None if d.get("to") is None else int(d["to"]),
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ContractError("invalid_value", "batch", f"bad ingest batch: {exc}") from None
