@@ -52,6 +52,11 @@ class Metrics:
             "Ingest batches the state stage had already applied (re-deliveries).",
             registry=r,
         )
+        self.aggregates_refetched = Counter(
+            "detector_aggregates_refetched",
+            "Aggregates messages the state stage read itself because Faust skipped them.",
+            registry=r,
+        )
         self.batch_gaps = Counter(
             "detector_batch_gaps",
             "Ingest batches that did not continue their partition's applied range.",

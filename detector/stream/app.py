@@ -25,14 +25,13 @@ from mode import Service
 from detector.config import EngineConfig
 from detector.metrics import Metrics
 from detector.stream.ingest import Ingest
-from detector.stream.settings import Settings
+from detector.stream.settings import MAX_MESSAGE_BYTES, Settings
 from detector.stream.state import CHECKPOINT_KEY, StateStage
 from detector.topics import TopicSpec
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_TABLE = "engine-checkpoint"
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 def topic_specs(settings: Settings, input_partitions: int) -> list[TopicSpec]:
@@ -66,10 +65,30 @@ class Daemon:
     ingest: Ingest | None = None
 
 
+def _cap_faust_fetch_wait(seconds: float) -> None:
+    """Faust creates its consumer with ``fetch_max_wait_ms=1500`` (not a setting). A broker
+    that does not answer a waiting fetch as soon as data arrives (the embedded tansu)
+    then adds up to 1.5 s to every message on the state stage's topic; cap it."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    create = AIOKafkaConsumerThread._create_worker_consumer
+    if getattr(create, "_capped", False):
+        return
+
+    def capped(self: Any, transport: Any) -> Any:
+        consumer = create(self, transport)
+        consumer._fetch_max_wait_ms = int(seconds * 1000)  # read when the consumer starts
+        return consumer
+
+    capped._capped = True  # type: ignore[attr-defined]
+    AIOKafkaConsumerThread._create_worker_consumer = capped  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings, metrics: Metrics | None = None) -> Daemon:
     """Build the Faust app with its agent, table, ingest service and web pages."""
     s = settings
     config = s.engine()
+    _cap_faust_fetch_wait(s.fetch_max_wait)
     registry = metrics or Metrics()
     security: dict[str, Any] = {}
     if s.security_protocol != "PLAINTEXT":
@@ -105,7 +124,13 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Daemon:
         value_serializer="raw",
         partitions=1,
     )
-    table = app.Table(CHECKPOINT_TABLE, default=None, partitions=1, key_type=str, value_type=bytes)
+    table = app.Table(
+        CHECKPOINT_TABLE,
+        default=None,
+        partitions=1,
+        key_type=str,
+        value_type=bytes,  # keys as json, values raw: see CHECKPOINT_KEY_JSON
+    )
     state = StateStage(s, config, registry, app, table)
     daemon = Daemon(s, config, registry, app, state)
 
@@ -119,6 +144,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Daemon:
         state.on_assignment_changed()
 
     app.on_partitions_assigned.connect(on_rebalance)
+
+    @app.on_before_shutdown.connect
+    async def final_checkpoint(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        await state.close()
+
     app.on_partitions_revoked.connect(on_rebalance)
 
     class IngestService(Service):

@@ -81,6 +81,7 @@ class Ingest:
             session_timeout_ms=int(s.session_timeout * 1000),
             heartbeat_interval_ms=int(s.heartbeat_interval * 1000),
             max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_wait_ms=int(s.fetch_max_wait * 1000),
             fetch_max_bytes=64 * 1024 * 1024,
             **s.kafka_security(),
         )

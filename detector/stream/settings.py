@@ -17,6 +17,8 @@ from detector.config import EngineConfig, load_config
 from detector.errors import ConfigError
 
 PREFIX = "DETECTOR_"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""The largest record the worker writes or reads (a checkpoint, an ingest batch)."""
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -67,6 +69,8 @@ class Settings:
     session_timeout: float = 6.0
     heartbeat_interval: float = 1.0
     flush_interval: float = 0.1
+    fetch_max_wait: float = 0.05
+    """Longest a fetch waits for data at the broker (lower: less latency, more requests)."""
     """Longest time an event waits in the ingest stage before its batch is sent."""
     max_batch: int = 20_000
     idle_after: float = 5.0
@@ -104,6 +108,7 @@ class Settings:
             "session_timeout",
             "heartbeat_interval",
             "flush_interval",
+            "fetch_max_wait",
             "idle_after",
             "checkpoint_interval",
             "max_future",

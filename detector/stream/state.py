@@ -33,8 +33,8 @@ from detector.engine.core import BucketScore
 from detector.errors import ContractError
 from detector.metrics import Metrics
 from detector.stream.machine import StateMachine
-from detector.stream.settings import Settings
-from detector.topics import read_to_end
+from detector.stream.settings import MAX_MESSAGE_BYTES, Settings
+from detector.topics import TopicError, read_to_end
 from detector.wire.aggregates import IngestBatch, RuleTick
 from detector.wire.records import Record
 from detector.wire.rulestate import (
@@ -49,6 +49,8 @@ from detector.wire.rulestate import (
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "engine"
+CHECKPOINT_KEY_JSON = orjson.dumps(CHECKPOINT_KEY)
+"""The key as the table's changelog stores it (Faust's ``json`` key serializer)."""
 
 
 class StateStage:
@@ -71,13 +73,23 @@ class StateStage:
         """Per output topic and partition: the offset after the last output published."""
         self.last_checkpoint = 0.0
         self.stale = True
-        self.first_after_load = False
+        self.checkpointed = -1
+        self.stream: Any = None
+        """Offset of the last message the table's checkpoint covers."""
         self.lock = asyncio.Lock()
 
     # ----- lifecycle -----
     def on_assignment_changed(self) -> None:
-        """A rebalance happened: rebuild from the table before the next message."""
+        """A rebalance happened: before the next message, check whether another worker
+        moved the engine on meanwhile (then rebuild it from the table)."""
         self.stale = True
+
+    def _table_is_ahead(self) -> bool:
+        blob = self.table.get(CHECKPOINT_KEY)
+        if not blob or self.machine is None:
+            return self.machine is None
+        position = int(orjson.loads(zlib.decompress(blob))["machine"]["position"])
+        return position > self.machine.position
 
     async def load(self) -> None:
         """Restore the machine from the checkpoint table (or start afresh)."""
@@ -101,8 +113,8 @@ class StateStage:
             self.published = await self._read_back({})
             log.info("no checkpoint: starting with an empty engine")
         self.pending = []
+        self.checkpointed = self.machine.position
         self.stale = False
-        self.first_after_load = True
         for rule_id, rule in sorted(self.machine.engine.rules.items()):
             self.metrics.set_rule_state(rule_id, rule.s.state)
         glob = self.machine.engine.glob
@@ -122,49 +134,123 @@ class StateStage:
     async def handle(self, stream: Any, event: Any) -> None:
         """Apply one aggregates message (``event``) and publish what it decided."""
         async with self.lock:
-            if self.stale or self.machine is None:
+            if self.machine is None or (self.stale and self._table_is_ahead()):
                 await self.load()
+            elif self.stale:
+                # Ours again, and no one got further: keep the engine in memory, but learn
+                # what another owner may have published meanwhile.
+                self.published |= await self._read_back(self.out_next)
+            self.stale = False
+            self.stream = stream
             machine = self.machine
             assert machine is not None
             offset = event.message.offset
-            if self.first_after_load:
-                self.first_after_load = False
-                if offset > machine.position + 1:
-                    # Faust resumed past the checkpoint: the messages in between are lost.
-                    self.metrics.batch_gaps.inc()
-                    log.error(
-                        "aggregates resumed past the checkpoint",
-                        extra={"checkpoint_position": machine.position, "resumed_at": offset},
-                    )
-            if offset <= machine.position:
-                await stream.ack(event)  # already inside the restored checkpoint
+            expect = machine.position + 1
+            if offset < expect:
+                # Already applied. Acknowledge it only once a checkpoint covers it: a
+                # message redelivered after a rebalance may be applied in memory only.
+                if offset <= self.checkpointed:
+                    await stream.ack(event)
+                else:
+                    self.pending.append(event)
                 return
-            try:
-                batch = IngestBatch.from_json(event.value)
-            except ContractError as exc:
-                log.error(
-                    "unreadable aggregates message skipped",
-                    extra={"offset": offset, "error": str(exc)},
-                )
-                machine.position = offset
-                self.pending.append(event)
-                return
-            applied = machine.apply(batch, offset)
-            if applied.duplicate:
-                self.metrics.duplicate_batches.inc()
-            if applied.gap:
-                self.metrics.batch_gaps.inc()
-                log.warning(
-                    "ingest batch does not continue its partition's range",
-                    extra={"partition": batch.partition, "lo": batch.lo},
-                )
-            await self._publish(applied.records, offset)
-            if applied.late:
-                await self._dead_letter_late(applied.late, offset)
-            self._observe(batch, applied.records)
+            if offset > expect:
+                await self._fill_gap(event.message.tp, expect, offset)
+            await self._apply(offset, event.value)
             self.pending.append(event)
             if time.monotonic() - self.last_checkpoint >= self.settings.checkpoint_interval:
                 await self.checkpoint(stream)
+
+    async def close(self) -> None:
+        """On a clean stop: checkpoint what is applied, so the next owner replays nothing."""
+        async with self.lock:
+            machine = self.machine
+            if machine is None or self.stale or self.stream is None:
+                return  # not ours (or no longer known to be): the owner's checkpoint stands
+            if machine.position > self.checkpointed:
+                await self.checkpoint(self.stream)
+                log.info("final checkpoint written", extra={"position": machine.position})
+
+    async def _apply(self, offset: int, value: bytes | None) -> None:
+        machine = self.machine
+        assert machine is not None
+        try:
+            batch = IngestBatch.from_json(value or b"")
+        except ContractError as exc:
+            log.error(
+                "unreadable aggregates message skipped", extra={"offset": offset, "error": str(exc)}
+            )
+            machine.position = offset
+            return
+        applied = machine.apply(batch, offset)
+        if applied.duplicate:
+            self.metrics.duplicate_batches.inc()
+        if applied.gap:
+            self.metrics.batch_gaps.inc()
+            log.warning(
+                "ingest batch does not continue its partition's range",
+                extra={"partition": batch.partition, "lo": batch.lo},
+            )
+        await self._publish(applied.records, offset)
+        if applied.late:
+            await self._dead_letter_late(applied.late, offset)
+        self._observe(batch, applied.records)
+
+    async def _fill_gap(self, tp: Any, start: int, stop: int) -> None:
+        """Read and apply the messages ``start`` to ``stop - 1`` that Faust skipped.
+
+        Faust positions a partition at its committed offset, or — with no commit yet,
+        or after a rebalance — wherever its fetcher happens to be; it then never goes
+        back (seeking from inside the agent races with its fetch loop, which drops
+        anything below the offsets it already delivered). The engine must see every
+        message in order, so it reads the missing ones itself. Faust commits an offset
+        only after the acknowledged ones, so telling it about the gap (after these
+        messages are applied) keeps its commits behind the checkpoints.
+        """
+        s = self.settings
+        log.warning(
+            "aggregates skipped by the consumer: reading them", extra={"from": start, "to": stop}
+        )
+        self.metrics.aggregates_refetched.inc(stop - start)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap,
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+            fetch_max_bytes=MAX_MESSAGE_BYTES,
+            **s.kafka_security(),
+        )
+        await consumer.start()
+        try:
+            own = TopicPartition(tp.topic, tp.partition)
+            consumer.assign([own])
+            consumer.seek(own, start)
+            deadline = time.monotonic() + 60.0
+            while self._needed() < stop:
+                if time.monotonic() > deadline:
+                    raise TopicError(f"could not read {tp.topic} offsets {start} to {stop - 1}")
+                got = await consumer.getmany(own, timeout_ms=500)
+                for msg in got.get(own, []):
+                    if msg.offset >= stop:
+                        break
+                    self._report_missing(msg.offset)
+                    await self._apply(msg.offset, msg.value)
+                if self._needed() < stop and await consumer.position(own) >= stop:
+                    self._report_missing(stop)
+                    self.machine.position = stop - 1  # type: ignore[union-attr]
+        finally:
+            await consumer.stop()
+        await self.app.consumer._add_gap(tp, start, stop - 1)
+
+    def _needed(self) -> int:
+        assert self.machine is not None
+        return self.machine.position + 1
+
+    def _report_missing(self, offset: int) -> None:
+        if offset > self._needed():
+            log.error(
+                "aggregates gone from the topic (retention?): skipped",
+                extra={"from": self._needed(), "to": offset - 1},
+            )
 
     async def checkpoint(self, stream: Any) -> None:
         """Write the machine to the table, then acknowledge what it covers."""
@@ -174,16 +260,23 @@ class StateStage:
         blob = zlib.compress(
             orjson.dumps({"machine": machine.snapshot(), "outputs": self.out_next}), 1
         )
-        self.table[CHECKPOINT_KEY] = blob
-        # Each checkpoint is sent alone, now: durable before the acks below, and never
-        # batched with the next one (tansu under-reports a changelog's end after a batch
-        # of several records, and Faust would then restore an older checkpoint).
-        await self.app.producer.flush()
+        # The changelog record is sent here and awaited, not left to the table: Faust
+        # buffers a table's changelog writes, and its flush can return before they are
+        # sent, so the acknowledgements below could run ahead of the checkpoint. Sent
+        # alone, it is also never batched with the next one (tansu under-reports a
+        # changelog's end after a batch of several records, and Faust would then
+        # restore an older checkpoint).
+        await self.app.producer.send_and_wait(
+            self.table.changelog_topic.get_topic_name(), CHECKPOINT_KEY_JSON, blob, 0, None, None
+        )
+        self.table.data[CHECKPOINT_KEY] = blob  # the table's local copy, without a resend
         self.metrics.checkpoints.inc()
         self.metrics.checkpoint_bytes.set(len(blob))
         for event in self.pending:
             await stream.ack(event)
         self.pending = []
+        self.checkpointed = machine.position
+        log.debug("checkpoint written", extra={"position": machine.position, "bytes": len(blob)})
         self.published = {p for p in self.published if p[0] > machine.position}
         self.last_checkpoint = time.monotonic()
 
