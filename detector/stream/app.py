@@ -45,6 +45,10 @@ def topic_specs(settings: Settings, input_partitions: int) -> list[TopicSpec]:
         TopicSpec(s.topic_aggregates, 1),
         TopicSpec(s.topic_rule_state, 1, compact),
         TopicSpec(s.topic_alerts, 1),
+        TopicSpec(s.topic_commands, 1),
+        TopicSpec(s.topic_audit, 1),
+        TopicSpec(s.topic_affected, 1, compact),
+        TopicSpec(s.topic_reinstatements, input_partitions),
         TopicSpec(
             f"{s.app_id}-{CHECKPOINT_TABLE}-changelog",
             1,

@@ -15,6 +15,7 @@ from typing import Any
 
 from detector.config import EngineConfig, load_config
 from detector.errors import ConfigError
+from detector.wire.commands import load_key
 
 PREFIX = "DETECTOR_"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -57,6 +58,18 @@ class Settings:
     topic_rule_state: str = "detector.rule-state"
     topic_alerts: str = "detector.alerts"
     topic_progress: str = "detector.ingest-progress"
+    topic_commands: str = "detector.commands"
+    topic_audit: str = "detector.audit"
+    topic_affected: str = "detector.affected"
+    topic_reinstatements: str = "enforcement.reinstatements"
+    command_key_file: str | None = None
+    """File holding the operator commands' HMAC key (at least 32 bytes)."""
+    command_key: Secret | None = field(default=None, repr=False)
+    """The key itself, when no file is used."""
+    command_max_age: float = 300.0
+    """Commands issued longer ago than this (wall clock) are rejected as stale."""
+    command_max_skew: float = 60.0
+    """Commands issued further than this in the future are rejected (clock skew)."""
     input_partitions: int = 8
     """Partitions of the input topic when the worker creates it."""
     create_topics: bool = True
@@ -69,9 +82,9 @@ class Settings:
     session_timeout: float = 6.0
     heartbeat_interval: float = 1.0
     flush_interval: float = 0.1
+    """Longest time an event waits in the ingest stage before its batch is sent."""
     fetch_max_wait: float = 0.05
     """Longest a fetch waits for data at the broker (lower: less latency, more requests)."""
-    """Longest time an event waits in the ingest stage before its batch is sent."""
     max_batch: int = 20_000
     idle_after: float = 5.0
     """A partition without records for this long no longer holds event time back."""
@@ -113,6 +126,8 @@ class Settings:
             "checkpoint_interval",
             "max_future",
             "shutdown_timeout",
+            "command_max_age",
+            "command_max_skew",
         ):
             value = getattr(self, name)
             _require(
@@ -159,14 +174,34 @@ class Settings:
                 "SASL needs DETECTOR_SASL_USERNAME and DETECTOR_SASL_PASSWORD",
                 None,
             )
-        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "engine_config"):
+        for name in (
+            "ssl_cafile",
+            "ssl_certfile",
+            "ssl_keyfile",
+            "engine_config",
+            "command_key_file",
+        ):
             path = getattr(self, name)
             _require(path is None or os.path.isfile(path), name.upper(), "no such file", path)
+        self.command_signing_key()  # a key that cannot be used is an error at start
 
     @property
     def bootstrap(self) -> list[str]:
         """``host:port`` entries of the broker URL."""
         return [h for h in self.broker.removeprefix("kafka://").replace(",", ";").split(";") if h]
+
+    def command_signing_key(self) -> bytes | None:
+        """The operator commands' key, or ``None`` when none is configured (then every
+        command is rejected). Raises :class:`ConfigError` for a key that is too short."""
+        if not self.command_key_file and not self.command_key:
+            return None
+        try:
+            return load_key(
+                self.command_key_file, self.command_key.reveal() if self.command_key else None
+            )
+        except ValueError as exc:
+            name = "COMMAND_KEY_FILE" if self.command_key_file else "COMMAND_KEY"
+            raise ConfigError(PREFIX + name, str(exc)) from None
 
     def engine(self) -> EngineConfig:
         """The engine's configuration (defaults, or the file's overrides)."""
@@ -205,7 +240,7 @@ class Settings:
         return cls(**values)
 
 
-_NOT_SETTINGS = frozenset({"DETECTOR_COMMAND_KEY", "DETECTOR_COMMAND_KEY_FILE"})
+_NOT_SETTINGS: frozenset[str] = frozenset()
 
 
 def _require(ok: bool, name: str, detail: str, value: object) -> None:
