@@ -69,8 +69,8 @@ class Metrics:
             registry=r,
         )
         self.watermark = Gauge(
-            "detector_event_time_watermark_seconds",
-            "Event time up to which the engine has judged (epoch seconds).",
+            "detector_event_time_watermark_timestamp_seconds",
+            "Event time up to which the engine has judged (Unix time).",
             registry=r,
         )
         self.watermark_lag = Gauge(
@@ -145,8 +145,9 @@ class Metrics:
             registry=r,
         )
         self.rule_outside_share = Gauge(
-            "detector_rule_outside_share",
-            "Share of the rule's targets outside its usual population at its last finding.",
+            "detector_rule_outside_population_ratio",
+            "Share (0 to 1) of the rule's targets outside its usual population, at its last "
+            "finding.",
             ["rule_id"],
             registry=r,
         )
