@@ -31,6 +31,8 @@ class Aggregator:
     guard: bool = True
     """Reject ``future`` and ``too_late`` events. The daemon's ingest turns this off:
     there the engine judges lateness, and the wall clock judges the future."""
+    hits: bool = False
+    """Also list each applied deactivation (for the affected-accounts ledger)."""
 
     def __post_init__(self) -> None:
         self._tick_s = self.config.tick_seconds
@@ -55,7 +57,14 @@ class Aggregator:
             else None
         )
         return self.add_fields(
-            ev.occurred_at, ev.rule_id, ev.action, cell, ev.rule_version, ev.shadow
+            ev.occurred_at,
+            ev.rule_id,
+            ev.action,
+            cell,
+            ev.rule_version,
+            ev.shadow,
+            ev.event_id,
+            ev.account_id,
         )
 
     def add_fields(
@@ -66,6 +75,8 @@ class Aggregator:
         cell: str | None,
         version: str | None,
         shadow: bool,
+        event_id: str = "",
+        account_id: str = "",
     ) -> str | None:
         """:meth:`add` for the fields of :func:`~detector.wire.events.fast_fields`
         (``cell`` is ``None`` for actions that are not deactivations).
@@ -89,6 +100,8 @@ class Aggregator:
             cells[cell] = cells.get(cell, 0.0) + 1
             if shadow:
                 agg.shadow += 1
+            elif self.hits:
+                agg.hits.append((t, event_id, account_id, action))
         elif action in REVERSALS:
             agg.reversals += 1
         else:

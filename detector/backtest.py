@@ -27,6 +27,8 @@ from detector.aggregate import Aggregator
 from detector.config import EngineConfig
 from detector.engine.core import BucketScore, Engine
 from detector.errors import ContractError, DetectorError
+from detector.ledger import Ledger
+from detector.wire.affected import AffectedAccount, TripSummary
 from detector.wire.events import fast_fields, parse_event
 from detector.wire.records import Record
 from detector.wire.timefmt import from_rfc3339, to_rfc3339
@@ -64,6 +66,8 @@ class BacktestResult:
     last_event: float | None = None
     elapsed: float = 0.0
     series: dict[str, Series] = field(default_factory=dict)
+    ledger: list[AffectedAccount | TripSummary] = field(default_factory=list)
+    """With ``ledger=True``: the affected-accounts ledger's records, in order."""
 
     @property
     def transitions(self) -> list[Record]:
@@ -88,6 +92,7 @@ class Backtest:
         rejects: IO[bytes] | None = None,
         keep_series: bool = False,
         strict: bool = False,
+        ledger: bool = False,
     ) -> None:
         self.config = config or EngineConfig()
         self.result = BacktestResult()
@@ -99,7 +104,8 @@ class Backtest:
         self._keep_series = keep_series
         self._strict = strict
         self.engine = Engine(self.config, on_bucket=self._on_bucket)
-        self.agg = Aggregator(self.config)
+        self.agg = Aggregator(self.config, hits=ledger)
+        self.ledger = Ledger(self.config) if ledger else None
 
     def _on_bucket(self, b: BucketScore) -> None:
         if self._scores is not None:
@@ -143,13 +149,20 @@ class Backtest:
             raise DetectorError(f"line {line_no}: {reason}: {message}")
 
     def _flush(self) -> None:
-        engine = self.engine
+        engine, ledger = self.engine, self.ledger
         for agg in self.agg.drain():
+            if ledger is not None and agg.hits:
+                self.result.ledger += ledger.add(agg.rule_id, agg.hits, 0)
+                agg.hits = []
             engine.add(agg)
         self._emit(engine.advance(self.agg.watermark))
+        if ledger is not None:
+            ledger.prune(self.agg.watermark)
 
     def _emit(self, records: list[Record]) -> None:
         self.result.records += records
+        if self.ledger is not None:
+            self.result.ledger += self.ledger.on_records(records)
         if self._transitions is not None:
             for r in records:
                 self._transitions.write(r.to_json() + b"\n")
@@ -239,6 +252,8 @@ class Backtest:
         self._flush()
         self._emit(self.engine.finish())
         res = self.result
+        if self.ledger is not None and self.engine.tick is not None:
+            res.ledger += self.ledger.finish(self.engine.now)
         res.accepted = self.agg.accepted
         res.rules = len(self.engine.rules)
         res.elapsed = time.perf_counter() - started

@@ -33,10 +33,10 @@ class EngineConfig:
     lateness_seconds: float = 10.0
     """How long after a tick ends its events may still arrive; decisions wait this long."""
     max_future_seconds: float = 600.0
+    """Events further than this ahead of the watermark are rejected as ``future``."""
     max_gap_seconds: float = 3600.0
     """Event time without a single action from any rule that is skipped, not judged: the
     pipeline was down (a time_gap alert says so)."""
-    """Events further than this ahead of the watermark are rejected as ``future``."""
 
     # --- false-alarm budgets ---
     false_pauses_per_rule_month: float = 0.01
@@ -107,6 +107,14 @@ class EngineConfig:
     probe_max_ratio: float = 1.5
     """A probe fails on rate only if the shadow rate is at least this times expected."""
 
+    # --- affected-accounts ledger ---
+    ledger_horizon_seconds: float = 3600.0
+    """How far back (event time) each rule's recent deactivations are kept, so that a
+    trip can list the accounts hit since the incident's estimated onset."""
+    ledger_max_per_rule: int = 100_000
+    """At most this many recent deactivations are kept per rule (the oldest go first);
+    with ~150 bytes each, the ledger's memory is bounded by this times the rules."""
+
     def __post_init__(self) -> None:
         positive = (
             "bucket_seconds",
@@ -125,6 +133,8 @@ class EngineConfig:
             "min_dispersion",
             "warmup_dispersion",
             "statistic_cap",
+            "ledger_horizon_seconds",
+            "ledger_max_per_rule",
         )
         for name in positive:
             value = getattr(self, name)

@@ -113,6 +113,16 @@ class Metrics:
             ["result", "reason"],
             registry=r,
         )
+        self.affected_accounts = Counter(
+            "detector_affected_accounts",
+            "Accounts written to the affected-accounts ledger (for review and reinstatement).",
+            registry=r,
+        )
+        self.ledger_entries = Gauge(
+            "detector_ledger_entries",
+            "Recent deactivations held for the ledger (bounded per rule).",
+            registry=r,
+        )
         # --- per rule ---
         self.rule_observed = Gauge(
             "detector_rule_deactivations",

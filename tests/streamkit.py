@@ -41,6 +41,10 @@ class Topics:
     rule_state: str
     alerts: str
     progress: str
+    commands: str = ""
+    audit: str = ""
+    affected: str = ""
+    reinstatements: str = ""
 
     @classmethod
     def unique(cls, label: str) -> Topics:
@@ -53,6 +57,10 @@ class Topics:
             f"rule-state-{tag}",
             f"alerts-{tag}",
             f"progress-{tag}",
+            f"commands-{tag}",
+            f"audit-{tag}",
+            f"affected-{tag}",
+            f"reinstatements-{tag}",
         )
 
     def env(self) -> dict[str, str]:
@@ -65,6 +73,10 @@ class Topics:
             "DETECTOR_TOPIC_RULE_STATE": self.rule_state,
             "DETECTOR_TOPIC_ALERTS": self.alerts,
             "DETECTOR_TOPIC_PROGRESS": self.progress,
+            "DETECTOR_TOPIC_COMMANDS": self.commands or "detector.commands",
+            "DETECTOR_TOPIC_AUDIT": self.audit or "detector.audit",
+            "DETECTOR_TOPIC_AFFECTED": self.affected or "detector.affected",
+            "DETECTOR_TOPIC_REINSTATEMENTS": self.reinstatements or "enforcement.reinstatements",
         }
 
 
@@ -183,6 +195,10 @@ async def create_worker_topics(broker: Any, topics: Topics, partitions: int = 4)
         topic_rule_state=topics.rule_state,
         topic_alerts=topics.alerts,
         topic_progress=topics.progress,
+        topic_commands=topics.commands or "detector.commands",
+        topic_audit=topics.audit or "detector.audit",
+        topic_affected=topics.affected or "detector.affected",
+        topic_reinstatements=topics.reinstatements or "enforcement.reinstatements",
         input_partitions=partitions,
     )
     await create_topics(broker.bootstrap, topic_specs(settings, partitions))

@@ -112,13 +112,15 @@ def test_fast_path_agrees_with_the_full_validator(ev: dict[str, Any]) -> None:
         # Declined: the full path must accept it (the caller falls back to it).
         assert parse_event(raw) == full
         return
-    t, rule_id, action, cell, version, shadow = fast
-    assert (t, rule_id, action, version, shadow) == (
+    t, rule_id, action, cell, version, shadow, event_id, account_id = fast
+    assert (t, rule_id, action, version, shadow, event_id, account_id) == (
         full.occurred_at,
         full.rule_id,
         full.action,
         full.rule_version,
         full.shadow,
+        full.event_id,
+        full.account_id,
     )
     expected_cell = (
         target_cell(full.account_age_days, full.account_prior_strikes, full.region)
@@ -152,4 +154,6 @@ def test_fast_path_takes_the_common_shape() -> None:
         "new|1-2|DE",
         "7",
         False,
+        "e1",
+        "a1",
     )

@@ -25,6 +25,7 @@ from detector.broker import EmbeddedBroker
 from detector.config import EngineConfig
 from detector.sim.events import GroundTruth, events
 from detector.sim.model import TENURED_CLEAN, Incident, RuleSpec, Simulator
+from detector.wire.affected import AffectedAccount, parse_ledger_record
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -88,6 +89,24 @@ def workers(tmp_path: Path, broker: EmbeddedBroker) -> Iterator[list[WorkerProc]
         w.stop()
 
 
+async def check_ledger(broker: EmbeddedBroker, topics: Topics, values: list[bytes]) -> None:
+    """The daemon's affected-accounts ledger lists what the backtest's lists: the same
+    incident accounts, and of the probes those that ended."""
+    want = ledger_entries(Backtest(CONFIG, ledger=True).events(iter(values)).ledger)
+    last: dict[bytes, Any] = {}
+    for m in await read_topic(broker.bootstrap, topics.affected):
+        last[m.key] = parse_ledger_record(m.value)
+    got = ledger_entries(list(last.values()))
+    incident = {e for e in want if e[2] == "incident"}
+    assert incident, "no trip: the test proves nothing"
+    assert {e for e in got if e[2] == "incident"} == incident
+    assert {e for e in got if e[2] == "probe"} <= want
+
+
+def ledger_entries(records: list[Any]) -> set[tuple[str, str, str]]:
+    return {(r.trip_id, r.event_id, r.phase) for r in records if isinstance(r, AffectedAccount)}
+
+
 def settled(records: list[dict[str, Any]], until: float) -> list[dict[str, Any]]:
     """Decisions at or before ``until``: the worker judges the last seconds only when
     its partitions have gone idle for long enough, the backtest at once."""
@@ -122,5 +141,6 @@ async def test_worker_decides_like_the_backtest(
     assert got == want
     assert w.metric("detector_events_consumed_total") == len(values)
     assert w.metric("detector_events_dead_lettered_total") == 0
+    await check_ledger(broker, topics, traffic[0])
     w.signal(signal.SIGTERM)
     assert w.wait_exit(20) == 0

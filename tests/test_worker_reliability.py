@@ -23,7 +23,7 @@ from streamkit import (
     records_of,
     wait_for,
 )
-from test_worker import CONFIG, HISTORY, INCIDENT, START, scenario, settled
+from test_worker import CONFIG, HISTORY, INCIDENT, START, check_ledger, scenario, settled
 
 from detector.backtest import Backtest
 from detector.broker import EmbeddedBroker
@@ -144,6 +144,42 @@ async def test_kill_9_mid_incident_counts_everything_once(
     workers.append(w2.start())
     await all_judged([w2])
     await check_exactly_once(broker, topics, w2, expected, traffic[2])
+    await check_ledger(broker, topics, traffic[0])
+
+
+async def test_kill_9_just_before_a_trip_still_lists_every_affected_account(
+    broker: EmbeddedBroker,
+    workers: list[WorkerProc],
+    tmp_path: Path,
+    traffic: Any,
+    expected: list[dict[str, Any]],
+) -> None:
+    """The ledger's recent deactivations are not in the checkpoint: a new owner rebuilds
+    them from the aggregates topic, so a trip right after a crash lists the accounts hit
+    since the onset, before the crash included."""
+    topics = Topics.unique("kill9ledger")
+    await create_worker_topics(broker, topics)
+    first, rest = split(traffic, START + HISTORY)  # up to the incident's first event
+    await produce(broker.bootstrap, topics.actions, *first)
+    w1 = WorkerProc(broker.bootstrap, topics, tmp_path, CONFIG, name="w1")
+    workers.append(w1.start())
+    await wait_for(
+        lambda: (
+            w1.metric("detector_checkpoints_total") >= 2 and watermark(w1) > START + HISTORY - 30
+        ),
+        60,
+        "the history to be applied",
+    )
+    assert w1.rules()["bot"]["state"] == "closed"
+    w1.signal(signal.SIGKILL)
+    assert w1.wait_exit(10) == -signal.SIGKILL
+    await produce(broker.bootstrap, topics.actions, *rest)
+    w2 = WorkerProc(broker.bootstrap, topics, tmp_path, CONFIG, name="w2")
+    workers.append(w2.start())
+    await all_judged([w2])
+    assert "ledger rebuilt" in w2.log()
+    await check_exactly_once(broker, topics, w2, expected, traffic[2])
+    await check_ledger(broker, topics, traffic[0])
 
 
 async def test_restart_with_a_rule_paused_keeps_it_paused_without_a_second_alert(

@@ -25,6 +25,7 @@ from mode import Service
 from detector.config import EngineConfig
 from detector.metrics import Metrics
 from detector.stream.ingest import Ingest
+from detector.stream.relay import CommandRelay
 from detector.stream.settings import MAX_MESSAGE_BYTES, Settings
 from detector.stream.state import CHECKPOINT_KEY, StateStage
 from detector.topics import TopicSpec
@@ -67,6 +68,7 @@ class Daemon:
     app: faust.App
     state: StateStage
     ingest: Ingest | None = None
+    relay: CommandRelay | None = None
 
 
 def _cap_faust_fetch_wait(seconds: float) -> None:
@@ -160,21 +162,24 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Daemon:
 
         async def on_start(self) -> None:
             daemon.ingest = Ingest(s, config, registry, app.producer)
-            self.add_future(self._run())
+            daemon.relay = CommandRelay(s, registry, app.producer, s.command_signing_key())
+            self.add_future(self._run("ingest", daemon.ingest.run))
+            self.add_future(self._run("command relay", daemon.relay.run))
 
-        async def _run(self) -> None:
-            assert daemon.ingest is not None
+        async def _run(self, name: str, loop: Any) -> None:
             try:
-                await daemon.ingest.run()
+                await loop()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("ingest stage crashed; stopping the worker")
+                log.exception(f"{name} crashed; stopping the worker")
                 await app.stop()
 
         async def on_stop(self) -> None:
             if daemon.ingest is not None:
                 daemon.ingest.stopping = True
+            if daemon.relay is not None:
+                daemon.relay.stopping = True
 
     app.service(IngestService)
     _pages(app, daemon)

@@ -102,7 +102,7 @@ class PartitionBatcher:
     dead: list[DeadLetter] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._agg = Aggregator(self.config, guard=False)
+        self._agg = Aggregator(self.config, guard=False, hits=True)
 
     def add(self, rec: InputRecord, now: float) -> None:
         """Validate and count one record (``now``: wall-clock seconds)."""

@@ -23,6 +23,7 @@ import logging
 import math
 import time
 import zlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -32,10 +33,11 @@ from detector.config import EngineConfig
 from detector.engine.core import BucketScore
 from detector.errors import ContractError
 from detector.metrics import Metrics
-from detector.stream.machine import StateMachine
+from detector.stream.machine import Applied, StateMachine
 from detector.stream.settings import MAX_MESSAGE_BYTES, Settings
 from detector.topics import TopicError, read_to_end
-from detector.wire.aggregates import IngestBatch, RuleTick
+from detector.wire.affected import AffectedAccount
+from detector.wire.aggregates import COMMANDS_KEY, CommandBatch, IngestBatch, RuleTick
 from detector.wire.records import Record
 from detector.wire.rulestate import (
     H_ERROR,
@@ -99,6 +101,7 @@ class StateStage:
             self.machine = StateMachine.restore(data["machine"], self.config, self._on_bucket)
             self.out_next = data.get("outputs", {})
             self.published = await self._read_back(self.out_next)
+            await self._rebuild_ledger()
             log.info(
                 "state restored from checkpoint",
                 extra={
@@ -156,7 +159,7 @@ class StateStage:
                 return
             if offset > expect:
                 await self._fill_gap(event.message.tp, expect, offset)
-            await self._apply(offset, event.value)
+            await self._apply(offset, event.key, event.value)
             self.pending.append(event)
             if time.monotonic() - self.last_checkpoint >= self.settings.checkpoint_interval:
                 await self.checkpoint(stream)
@@ -171,16 +174,26 @@ class StateStage:
                 await self.checkpoint(self.stream)
                 log.info("final checkpoint written", extra={"position": machine.position})
 
-    async def _apply(self, offset: int, value: bytes | None) -> None:
+    async def _apply(self, offset: int, key: bytes | None, value: bytes | None) -> None:
         machine = self.machine
         assert machine is not None
         try:
-            batch = IngestBatch.from_json(value or b"")
+            if key == COMMANDS_KEY:
+                commands = CommandBatch.from_json(value or b"")
+            else:
+                batch = IngestBatch.from_json(value or b"")
         except ContractError as exc:
             log.error(
                 "unreadable aggregates message skipped", extra={"offset": offset, "error": str(exc)}
             )
             machine.position = offset
+            return
+        if key == COMMANDS_KEY:
+            applied = machine.apply_commands(commands, offset)
+            await self._publish(applied.records, offset)
+            await self._publish_control(applied)
+            self._observe_commands(applied)
+            self._observe_records(applied.records)
             return
         applied = machine.apply(batch, offset)
         if applied.duplicate:
@@ -192,9 +205,11 @@ class StateStage:
                 extra={"partition": batch.partition, "lo": batch.lo},
             )
         await self._publish(applied.records, offset)
+        await self._publish_control(applied)
         if applied.late:
             await self._dead_letter_late(applied.late, offset)
         self._observe(batch, applied.records)
+        self._observe_commands(applied)
 
     async def _fill_gap(self, tp: Any, start: int, stop: int) -> None:
         """Read and apply the messages ``start`` to ``stop - 1`` that Faust skipped.
@@ -207,11 +222,21 @@ class StateStage:
         only after the acknowledged ones, so telling it about the gap (after these
         messages are applied) keeps its commits behind the checkpoints.
         """
-        s = self.settings
         log.warning(
             "aggregates skipped by the consumer: reading them", extra={"from": start, "to": stop}
         )
         self.metrics.aggregates_refetched.inc(stop - start)
+        async for msg in self._aggregates(start, stop):
+            self._report_missing(msg.offset)
+            await self._apply(msg.offset, msg.key, msg.value)
+        if self._needed() < stop:
+            self._report_missing(stop)
+            self.machine.position = stop - 1  # type: ignore[union-attr]
+        await self.app.consumer._add_gap(tp, start, stop - 1)
+
+    async def _aggregates(self, start: int, stop: int) -> AsyncIterator[Any]:
+        """The aggregates topic's messages ``start`` to ``stop - 1`` (those that exist)."""
+        s = self.settings
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap,
             enable_auto_commit=False,
@@ -221,25 +246,48 @@ class StateStage:
         )
         await consumer.start()
         try:
-            own = TopicPartition(tp.topic, tp.partition)
+            own = TopicPartition(s.topic_aggregates, 0)
             consumer.assign([own])
             consumer.seek(own, start)
             deadline = time.monotonic() + 60.0
-            while self._needed() < stop:
+            while await consumer.position(own) < stop:
                 if time.monotonic() > deadline:
-                    raise TopicError(f"could not read {tp.topic} offsets {start} to {stop - 1}")
+                    raise TopicError(f"could not read {own.topic} offsets {start} to {stop - 1}")
                 got = await consumer.getmany(own, timeout_ms=500)
                 for msg in got.get(own, []):
                     if msg.offset >= stop:
-                        break
-                    self._report_missing(msg.offset)
-                    await self._apply(msg.offset, msg.value)
-                if self._needed() < stop and await consumer.position(own) >= stop:
-                    self._report_missing(stop)
-                    self.machine.position = stop - 1  # type: ignore[union-attr]
+                        return
+                    yield msg
+                high = consumer.highwater(own)
+                if high is not None and high <= await consumer.position(own):
+                    return  # the end of the topic: the rest does not exist
         finally:
             await consumer.stop()
-        await self.app.consumer._add_gap(tp, start, stop - 1)
+
+    async def _rebuild_ledger(self) -> None:
+        """Refill the ledger's rings (not in the checkpoint) from the aggregates topic."""
+        machine = self.machine
+        assert machine is not None
+        ledger = machine.ledger
+        start, stop = ledger.rebuilt_from, machine.position + 1
+        async for msg in self._aggregates(start, stop):
+            if msg.key == COMMANDS_KEY:
+                continue
+            try:
+                batch = IngestBatch.from_json(msg.value or b"")
+            except ContractError:
+                continue
+            for agg in batch.aggregates:
+                if agg.hits:
+                    ledger.add(agg.rule_id, agg.hits, msg.offset, False)
+        ledger.position = machine.position
+        wm = machine.watermark()
+        if wm is not None:
+            ledger.prune(wm)
+        log.info(
+            "ledger rebuilt",
+            extra={"from": start, "to": stop - 1, "entries": ledger.size},
+        )
 
     def _needed(self) -> int:
         assert self.machine is not None
@@ -298,6 +346,25 @@ class StateStage:
             )
             self._advance(s.topic_alerts, meta)
 
+    async def _publish_control(self, applied: Applied) -> None:
+        """Audit records and ledger records: many at a time, sent together. Their ids and
+        keys are stable, so a record sent again after a crash is recognisable."""
+        s = self.settings
+        send = self.app.producer.send
+        futures = [
+            await send(s.topic_audit, a.rule_id.encode(), a.to_json(), None, None, None)
+            for a in applied.audits
+        ]
+        futures += [
+            await send(s.topic_affected, r.key, r.to_json(), None, None, None)
+            for r in applied.ledger
+        ]
+        if futures:
+            await asyncio.gather(*futures)
+        n = sum(1 for r in applied.ledger if isinstance(r, AffectedAccount))
+        if n:
+            self.metrics.affected_accounts.inc(n)
+
     def _advance(self, topic: str, meta: Any) -> None:
         parts = self.out_next.setdefault(topic, {})
         parts[str(meta.partition)] = max(parts.get(str(meta.partition), 0), meta.offset + 1)
@@ -355,6 +422,11 @@ class StateStage:
         if batch.oldest_append_ms is not None:
             # The batch's oldest event waited longest: every event's latency is at most this.
             m.latency.observe(max(0.0, now - batch.oldest_append_ms / 1000.0))
+        self._observe_records(records)
+        m.ledger_entries.set(machine.ledger.size)
+
+    def _observe_records(self, records: list[Record]) -> None:
+        m = self.metrics
         for rec in records:
             if rec.is_transition:
                 m.transitions.labels(rule_id=rec.rule_id, to=rec.to_state, reason=rec.reason).inc()
@@ -364,3 +436,12 @@ class StateStage:
             share = rec.evidence.get("outside_share")
             if isinstance(share, float | int):
                 m.rule_outside_share.labels(rule_id=rec.rule_id).set(share)
+
+    def _observe_commands(self, applied: Applied) -> None:
+        for a in applied.audits:
+            if a.kind == "command":
+                accepted = a.outcome != "rejected"
+                self.metrics.commands.labels(
+                    result="accepted" if accepted else "rejected",
+                    reason=a.outcome if accepted else a.reason,
+                ).inc()

@@ -34,6 +34,9 @@ class RuleTick:
     """Deactivation targets per make-up cell."""
     versions: list[str] = field(default_factory=list)
     """Rule versions seen in the tick, in order of first appearance."""
+    hits: list[tuple[float, str, str, str]] = field(default_factory=list)
+    """Applied deactivations ``(event time, event id, account id, action)``, when the
+    ingest lists them (for the affected-accounts ledger; the engine ignores them)."""
 
     def merge(self, other: RuleTick) -> None:
         """Add another aggregate of the same rule and tick into this one."""
@@ -47,6 +50,7 @@ class RuleTick:
         for v in other.versions:
             if v not in self.versions:
                 self.versions.append(v)
+        self.hits.extend(other.hits)
 
     def copy(self) -> RuleTick:
         """An independent copy (containers included)."""
@@ -59,6 +63,7 @@ class RuleTick:
             self.other,
             dict(self.cells),
             list(self.versions),
+            list(self.hits),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,6 +78,7 @@ class RuleTick:
             "other": self.other,
             "cells": dict(self.cells),
             "versions": list(self.versions),
+            "hits": [list(h) for h in self.hits],
         }
 
     @classmethod
@@ -88,6 +94,7 @@ class RuleTick:
                 float(d["other"]),
                 {str(k): float(v) for k, v in d["cells"].items()},
                 [str(v) for v in d["versions"]],
+                [(float(t), str(e), str(a), str(x)) for t, e, a, x in d.get("hits", ())],
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ContractError("invalid_value", "aggregate", f"bad aggregate: {exc}") from None
@@ -134,5 +141,44 @@ class IngestBatch:
         return batch
 
 
+COMMANDS_KEY = b"commands"
+"""Key of :class:`CommandBatch` messages on the aggregates topic (ingest batches are
+keyed by their input partition)."""
+
+
+@dataclass(slots=True)
+class ReceivedCommand:
+    """An operator command the relay verified (signature, age), on its way to the engine."""
+
+    partition: int
+    offset: int
+    """Where it is on the commands topic: the state stage applies each offset once."""
+    received_at: float
+    """Wall-clock time the relay read it (the audit's time)."""
+    command: dict[str, Any]
+    """The command as sent, without its signature."""
+
+
+@dataclass(slots=True)
+class CommandBatch:
+    """Verified commands, in commands-topic order (a message of the aggregates topic)."""
+
+    commands: list[ReceivedCommand]
+
+    def to_json(self) -> bytes:
+        """Wire form: JSON, keyed by field name."""
+        return _ENCODER.encode(self)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> CommandBatch:
+        """Inverse of :meth:`to_json`; raises :class:`ContractError`."""
+        try:
+            batch: CommandBatch = _COMMANDS_DECODER.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ContractError("invalid_value", "batch", f"bad command batch: {exc}") from None
+        return batch
+
+
 _ENCODER = msgspec.json.Encoder()
 _BATCH_DECODER = msgspec.json.Decoder(IngestBatch)
+_COMMANDS_DECODER = msgspec.json.Decoder(CommandBatch)

@@ -30,11 +30,11 @@ kind                      rule id   effect
 ``resume_all``            ``*``     lift the global halt
 ========================  ========  ===============================================
 
-A command is *accepted* when it parses, its signature is right, it is not older
-than the detector's ``COMMAND_MAX_AGE`` (nor issued in the future beyond the
-allowed clock skew) and its id was not seen before. Anything else is *rejected*
-with one of :data:`REJECT_REASONS`; rejections are audited and counted, never
-applied. Applying the same accepted command twice changes nothing.
+A command is *accepted* when the detector has a key, the command parses, its
+signature is right, it is not older than the detector's ``COMMAND_MAX_AGE`` (nor
+issued in the future beyond the allowed clock skew) and its id was not seen before.
+Anything else is *rejected* with one of :data:`REJECT_REASONS`; rejections are
+audited and counted, never applied. Applying the same accepted command twice changes nothing.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ KINDS: Final = (
 )
 GLOBAL_KINDS: Final = frozenset({"halt_all", "resume_all"})
 REJECT_REASONS: Final = (
+    "no_key",
     "malformed",
     "unsigned",
     "bad_signature",

@@ -264,9 +264,9 @@ def event_from_obj(obj: Any) -> Event:
 # :func:`parse_event`, which accepts it or says what is wrong. So errors always come from the
 # full validator, and tests/test_events.py checks that both paths accept the same events.
 
-QuickFields = tuple[float, str, str, str | None, str | None, bool]
-"""``(occurred_at, rule_id, action, cell or None, rule_version, shadow)``; the cell is
-``None`` for actions that are not deactivations."""
+QuickFields = tuple[float, str, str, str | None, str | None, bool, str, str]
+"""``(occurred_at, rule_id, action, cell or None, rule_version, shadow, event_id,
+account_id)``; the cell is ``None`` for actions that are not deactivations."""
 
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
 _Action = Literal[
@@ -374,4 +374,4 @@ def fast_fields(raw: bytes) -> QuickFields | None:
             "?" if strikes is None else ("0" if strikes == 0 else "1-2" if strikes < 3 else "3+")
         )
         cell = f"{band}|{sband}|{ev.region or '?'}"
-    return t, ev.rule_id, action, cell, ev.rule_version, bool(ev.shadow)
+    return t, ev.rule_id, action, cell, ev.rule_version, bool(ev.shadow), ev.event_id, ev.account_id

@@ -1,0 +1,277 @@
+"""The affected-accounts ledger: who a rule deactivated while it was misbehaving.
+
+Every rule's recent deactivations (event time, event id, account id, action) are
+kept in a bounded ring — at most ``ledger_max_per_rule`` entries, none older than
+``ledger_horizon_seconds`` behind the watermark. When the detector trips a rule,
+the ledger lists the ring's deactivations since the incident's estimated onset,
+up to the pause; when a half-open probe ends, every deactivation during the probe
+(the rule was allowed to act again); and afterwards, any late arrival inside those
+windows. The trip ends when the rule is closed (or disabled) again; its windows
+stay open for late events for the engine's lateness, then the trip is forgotten.
+Each deactivation is listed once, whatever order the events and the decisions
+arrive in (the backtest hands over events in large slices, the daemon in small
+ones: both list the same accounts).
+
+Like the engine, the ledger is pure: no clock, no I/O. Its rings are not part
+of its snapshot (they can be large); the snapshot records the aggregates offset
+from which they can be rebuilt (:attr:`Ledger.rebuild_from`), and the state
+stage re-reads that stretch of the aggregates topic after a restart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from detector.config import EngineConfig
+from detector.wire.affected import AffectedAccount, TripSummary, trip_id
+from detector.wire.records import Record
+from detector.wire.timefmt import from_rfc3339
+
+Hit = tuple[float, str, str, str]
+"""One deactivation: (event time, event id, account id, action)."""
+
+_ENDS_TRIP = ("closed", "disabled")
+
+
+@dataclass
+class Trip:
+    """A rule's current (or just ended) incident."""
+
+    trip_id: str
+    rule_id: str
+    onset: float
+    paused_at: float
+    reason: str
+    probes: list[list[float]] = field(default_factory=list)
+    """Half-open windows ``[start, end]`` (``end`` is ``inf`` while probing)."""
+    ended_at: float | None = None
+    truncated_before: float | None = None
+
+    def phase(self, t: float) -> str | None:
+        """Which closed part of the trip an event at ``t`` falls in, if any (a probe
+        still under way is listed when it ends)."""
+        if self.onset <= t < self.paused_at:
+            return "incident"
+        for start, end in self.probes:
+            if start <= t < end and not math.isinf(end):
+                return "probe"
+        return None
+
+    def summary(self) -> TripSummary:
+        """The trip's ledger summary record."""
+        return TripSummary(
+            self.trip_id,
+            self.rule_id,
+            self.onset,
+            self.paused_at,
+            self.reason,
+            "open" if self.ended_at is None else "closed",
+            self.ended_at,
+            self.truncated_before,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form (``inf`` as ``None``)."""
+        return {
+            "trip_id": self.trip_id,
+            "rule_id": self.rule_id,
+            "onset": self.onset,
+            "paused_at": self.paused_at,
+            "reason": self.reason,
+            "probes": [[a, None if math.isinf(b) else b] for a, b in self.probes],
+            "ended_at": self.ended_at,
+            "truncated_before": self.truncated_before,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Trip:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            str(d["trip_id"]),
+            str(d["rule_id"]),
+            float(d["onset"]),
+            float(d["paused_at"]),
+            str(d["reason"]),
+            [[float(a), math.inf if b is None else float(b)] for a, b in d["probes"]],
+            None if d["ended_at"] is None else float(d["ended_at"]),
+            None if d["truncated_before"] is None else float(d["truncated_before"]),
+        )
+
+
+Entry = tuple[float, str, str, str, int]
+"""A ring entry: a :data:`Hit` and the aggregates offset that brought it."""
+
+
+class Ledger:
+    """Recent deactivations per rule, and the ledger records of trips."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.horizon = config.ledger_horizon_seconds
+        self.max_per_rule = config.ledger_max_per_rule
+        self.lateness = config.lateness_seconds
+        self.rings: dict[str, deque[Entry]] = {}
+        self.lost_until: dict[str, float] = {}
+        """Per rule: the latest event time of an entry the ring had to drop."""
+        self.trips: dict[str, Trip] = {}
+        self.position = -1
+        """Aggregates offset of the last message fed (rings) — see :attr:`rebuild_from`."""
+        self.rebuilt_from = 0
+        """After :meth:`restore`: where the rings' rebuild starts."""
+
+    # ----- input -----
+    def add(
+        self,
+        rule_id: str,
+        hits: list[Any],
+        offset: int,
+        emit: bool = True,
+    ) -> list[AffectedAccount]:
+        """Remember a rule's deactivations (from the aggregates message at ``offset``);
+        returns ledger records for those inside a current trip's window (a rebuild
+        passes ``emit=False``)."""
+        self.position = max(self.position, offset)
+        ring = self.rings.get(rule_id)
+        if ring is None:
+            ring = self.rings[rule_id] = deque()
+        out: list[AffectedAccount] = []
+        trip = self.trips.get(rule_id) if emit else None
+        for t, event_id, account_id, action in hits:
+            if len(ring) >= self.max_per_rule:
+                self._lose(rule_id, ring.popleft()[0])
+            ring.append((t, event_id, account_id, action, offset))
+            if trip is not None:
+                phase = trip.phase(t)
+                if phase is not None:
+                    out.append(
+                        AffectedAccount(
+                            trip.trip_id, rule_id, account_id, event_id, action, t, phase
+                        )
+                    )
+        return out
+
+    def on_records(self, records: list[Record]) -> list[AffectedAccount | TripSummary]:
+        """Follow the breaker transitions: trips start, probe, and end."""
+        out: list[AffectedAccount | TripSummary] = []
+        for rec in records:
+            if not rec.is_transition:
+                continue
+            rule_id, to = rec.rule_id, rec.to_state
+            trip = self.trips.get(rule_id)
+            if rec.evidence.get("trigger") == "trip" and (
+                trip is None or trip.ended_at is not None
+            ):
+                out += self._start(rec)
+            elif trip is None or trip.ended_at is not None:
+                continue
+            elif to == "half_open":
+                trip.probes.append([rec.at, math.inf])
+            elif to in _ENDS_TRIP or rec.from_state == "half_open":
+                out += self._end_probes(trip, rec.at)
+                if to in _ENDS_TRIP:
+                    trip.ended_at = rec.at
+                    out.append(trip.summary())
+        return out
+
+    def _start(self, rec: Record) -> list[AffectedAccount | TripSummary]:
+        rule_id = rec.rule_id
+        try:
+            onset = min(from_rfc3339(str(rec.evidence["onset"])), rec.at)
+        except (KeyError, ValueError):
+            onset = rec.at
+        version = int(rec.evidence.get("state_version", 0))
+        trip = Trip(trip_id(rule_id, version), rule_id, onset, rec.at, rec.reason)
+        lost = self.lost_until.get(rule_id)
+        if lost is not None and lost >= onset:
+            trip.truncated_before = lost
+        self.trips[rule_id] = trip
+        out: list[AffectedAccount | TripSummary] = [trip.summary()]
+        for t, event_id, account_id, action, _ in self.rings.get(rule_id, ()):
+            if onset <= t < rec.at:
+                out.append(
+                    AffectedAccount(
+                        trip.trip_id, rule_id, account_id, event_id, action, t, "incident"
+                    )
+                )
+        return out
+
+    def _end_probes(self, trip: Trip, at: float) -> list[AffectedAccount | TripSummary]:
+        out: list[AffectedAccount | TripSummary] = []
+        for window in trip.probes:
+            if math.isinf(window[1]):
+                window[1] = at
+                start = window[0]
+                for t, event_id, account_id, action, _ in self.rings.get(trip.rule_id, ()):
+                    if start <= t < at:
+                        out.append(
+                            AffectedAccount(
+                                trip.trip_id, trip.rule_id, account_id, event_id, action, t, "probe"
+                            )
+                        )
+        return out
+
+    def finish(self, at: float) -> list[AffectedAccount | TripSummary]:
+        """End of the input (backtest): list the probes still under way at ``at``."""
+        out: list[AffectedAccount | TripSummary] = []
+        for trip in self.trips.values():
+            if trip.ended_at is None:
+                out += self._end_probes(trip, at)
+        return out
+
+    # ----- bounds -----
+    def prune(self, watermark: float) -> None:
+        """Forget what is older than the horizon, and trips past their late events."""
+        cutoff = watermark - self.horizon
+        for rule_id, ring in self.rings.items():
+            while ring and ring[0][0] < cutoff:
+                self._lose(rule_id, ring.popleft()[0])
+        done = [
+            r
+            for r, trip in self.trips.items()
+            if trip.ended_at is not None and watermark > trip.ended_at + self.lateness
+        ]
+        for r in done:
+            del self.trips[r]
+
+    def _lose(self, rule_id: str, t: float) -> None:
+        if t > self.lost_until.get(rule_id, -math.inf):
+            self.lost_until[rule_id] = t
+
+    @property
+    def rebuild_from(self) -> int:
+        """The aggregates offset from which re-feeding rebuilds the rings exactly."""
+        oldest = [ring[0][4] for ring in self.rings.values() if ring]
+        return min(oldest) if oldest else self.position + 1
+
+    @property
+    def size(self) -> int:
+        """Entries held, over all rules."""
+        return sum(len(ring) for ring in self.rings.values())
+
+    # ----- persistence -----
+    def snapshot(self) -> dict[str, Any]:
+        """Trips and bookkeeping (not the rings: see :attr:`rebuild_from`)."""
+        return {
+            "rebuild_from": self.rebuild_from,
+            "position": self.position,
+            "lost_until": dict(self.lost_until),
+            "trips": [trip.to_dict() for trip in self.trips.values()],
+        }
+
+    @classmethod
+    def restore(cls, data: dict[str, Any], config: EngineConfig) -> Ledger:
+        """A ledger with :meth:`snapshot`'s trips and empty rings. To rebuild the rings,
+        feed it the aggregates from :attr:`rebuilt_from` up to the snapshot's position
+        with ``emit=False``, then :meth:`prune` at the snapshot's watermark: the rings
+        are then exactly what they were (the snapshot is taken after a prune at that
+        watermark, and pruning only ever removes the oldest entries)."""
+        ledger = cls(config)
+        ledger.rebuilt_from = int(data.get("rebuild_from", 0))
+        ledger.position = int(data.get("position", -1))
+        ledger.lost_until = {str(k): float(v) for k, v in data.get("lost_until", {}).items()}
+        for d in data.get("trips", []):
+            trip = Trip.from_dict(d)
+            ledger.trips[trip.rule_id] = trip
+        return ledger
