@@ -24,6 +24,8 @@ examples:
   detector backtest actions.jsonl.gz --transitions t.jsonl --scores s.csv
   detector backtest --counts history.csv           tune on warehouse counts
   detector simulate --out sample.jsonl.gz          write simulated enforcement actions
+  detector ctl status                              the state of every rule (ctl --help)
+  detector affected 'bot.automation#3' --format csv   accounts a trip deactivated
 
 Run 'detector COMMAND --help' for the options of a command.
 """
