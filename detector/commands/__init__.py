@@ -8,7 +8,7 @@ from typing import Any
 
 def register_all(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
     """Add every subcommand's parser to ``sub``."""
-    from detector.commands import affected, backtest, broker, ctl, simulate, worker
+    from detector.commands import affected, backtest, broker, ctl, demo, simulate, worker
 
-    for module in (backtest, simulate, worker, broker, ctl, affected):
+    for module in (backtest, simulate, worker, broker, ctl, affected, demo):
         module.register(sub, formatter)
