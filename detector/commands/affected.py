@@ -31,6 +31,18 @@ one row per deactivation (to --output, or standard output), and --json one JSON
 document with the trip's summary. To request the reinstatements, use
 'detector ctl reinstate TRIP_ID'.
 
+"""
+EPILOG = """\
+examples:
+  detector affected 'bot.automation#3'                       a table for people
+  detector affected 'bot.automation#3' --format csv > bot-3.csv
+  detector affected 'bot.automation#3' --format jsonl --output bot-3.jsonl
+  detector affected 'bot.automation#3' --json | jq '.count'
+  detector affected 'bot.automation#99'    unknown trip: exit 4, names the known ones
+
+CSV columns: trip_id, rule_id, account_id, event_id, action, occurred_at, phase
+(incident: between onset and pause; probe: during a half-open probe).
+
 exit codes: 0 done; 2 bad usage or configuration; 3 broker did not answer in
 time; 4 unknown trip.
 """
@@ -43,6 +55,7 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
         "affected",
         help=HELP,
         description=DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=Formatter,
         parents=[common_options()],
     )

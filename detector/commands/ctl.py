@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
+import logging
 import os
 import signal
 import sys
@@ -90,6 +90,62 @@ WRITES: dict[str, tuple[str, bool, bool, str]] = {
 }
 
 
+# subcommand -> its examples (shown by ``detector ctl ACTION --help``)
+EXAMPLES: dict[str, str] = {
+    "pause": """\
+  detector ctl pause bot.automation --reason "INC-4711: bans of old accounts"
+  detector ctl pause bot.automation --reason "INC-4711" --wait 10   report the outcome
+  detector ctl pause bot.automation --reason "INC-4711" --key-file /etc/detector/command.key
+A paused rule (forced_open) stays paused across detector restarts; the detector
+never lifts it: only 'detector ctl resume' does.""",
+    "resume": """\
+  detector ctl resume bot.automation --reason "fixed in deploy 812"
+  detector ctl resume bot.automation --reason "fixed in deploy 812" --grace 600
+With --grace the detector only alerts, never pauses, on the same rule for that long
+(the evidence of the incident is still in its windows).""",
+    "disable": """\
+  detector ctl disable bot.automation --reason "known campaign, reviewed by T&S"
+The rule keeps being watched and alerted on, but the detector never pauses it.""",
+    "enable": """\
+  detector ctl enable bot.automation --reason "campaign over"
+The detector watches the rule again and may pause it.""",
+    "shadow": """\
+  detector ctl shadow bot.automation-v2 --reason "new rule, watch a week first"
+Enforcement services log the rule's decisions without applying them ('detector ctl
+enable' ends the shadow period).""",
+    "reset-baseline": """\
+  detector ctl reset-baseline bot.automation --reason "policy change 2026-03: stricter"
+After an intended change of a rule's rate: the detector forgets what it learned and
+warms up again.""",
+    "halt-all": """\
+  detector ctl halt-all --reason "INC-4712: enforcement pipeline misbehaving" --wait 10
+Every automated deactivation is held, whatever each rule's own state.""",
+    "resume-all": """\
+  detector ctl resume-all --reason "INC-4712 resolved"
+Lifts only the global halt: rules paused on their own stay paused.""",
+    "status": """\
+  detector ctl status                      every rule with a state, held ones first
+  detector ctl status bot.automation       one rule, with its full evidence
+  detector ctl status '*'                  the global halt
+  detector ctl status --json | jq '.rules[] | select(.gate == "hold")'
+Rules the detector never changed have no state: their decisions are allowed.""",
+    "history": """\
+  detector ctl history bot.automation
+  detector ctl history bot.automation --limit 20
+  detector ctl history '*' --json          the global halt's audit trail""",
+    "reinstate": """\
+  detector ctl reinstate 'bot.automation#3' --reason "INC-4711" --dry-run   only count
+  detector ctl reinstate 'bot.automation#3' --reason "INC-4711: wrongful bans"
+Run it again safely: requests already in the topic are not sent twice, and each
+request id is the SHA-256 of TRIP_ID/EVENT_ID, so consumers can deduplicate.
+'detector affected TRIP_ID' lists the accounts first.""",
+    "watch": """\
+  detector ctl watch                       every change of every rule, as it is seen
+  detector ctl watch bot.automation --json --for 60
+Each line shows how long after the rule-state message was written the gate saw it.""",
+}
+
+
 class Formatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the descriptions' layout; shows a default only when there is one."""
 
@@ -110,7 +166,14 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
         "ctl", help=HELP, description=DESCRIPTION, epilog=EPILOG, formatter_class=Formatter
     )
     ctl = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    leaf = functools.partial(ctl.add_parser, formatter_class=Formatter)
+
+    def leaf(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        epilog = f"examples:\n{EXAMPLES[name]}\n" if name in EXAMPLES else None
+        parser: argparse.ArgumentParser = ctl.add_parser(
+            name, formatter_class=Formatter, epilog=epilog, **kwargs
+        )
+        return parser
+
     common = common_options()
     writer = argparse.ArgumentParser(add_help=False)
     writer.add_argument(
@@ -258,6 +321,8 @@ def signing_key(args: argparse.Namespace, settings: Settings) -> bytes:
 
 def guarded(args: argparse.Namespace, action: Any) -> int:
     """Run ``action``; a :class:`ControlError` is printed and becomes its exit code."""
+    # aiokafka logs each failed connection attempt; the error below says it in one line.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         result: int = asyncio.run(action)
     except ControlError as exc:

@@ -60,9 +60,12 @@ async def existing_partitions(client: Any, topic: str) -> list[int] | None:
 
 
 def _unreachable(settings: Settings, timeout: float, exc: BaseException | None) -> Exception:
-    why = f": {exc}" if exc is not None and str(exc) else ""
+    why = ""
+    if exc is not None:
+        text, name = str(exc), type(exc).__name__
+        why = f": {text}" if text.startswith(name) else f": {name}: {text}" if text else f": {name}"
     return BrokerUnreachableError(
-        f"the broker {settings.broker} did not answer within {timeout:g} s{why}"
+        f"cannot reach the broker {settings.broker} (timeout {timeout:g} s){why}"
     )
 
 
