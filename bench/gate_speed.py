@@ -12,12 +12,18 @@ times, on the same rule ids in the same process:
 
 Each figure is the best of ``--repeat`` runs of ``--calls`` calls, minus the cost of
 the bare loop; the ratio is to the floor. The time is the caller's cost per decision.
+
+Then it measures how soon a gate sees a change: ``--flips`` times, a rule's state is
+published (held, then allowed, alternately) and the delay from the record's timestamp
+(taken by the producer when it sends) to the gate applying it is recorded, for an
+asyncio gate and a threaded one, both in this process.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -25,7 +31,8 @@ from collections.abc import Callable
 from aiokafka import AIOKafkaProducer
 
 from detector.broker import EmbeddedBroker
-from detector.gate import RuleGate, ThreadedRuleGate
+from detector.control.topicio import Message
+from detector.gate import Change, RuleGate, ThreadedRuleGate
 from detector.topics import TopicSpec, create_topics
 from detector.wire.rulestate import RuleStateMessage
 
@@ -126,6 +133,40 @@ async def bench(broker: EmbeddedBroker, args: argparse.Namespace) -> list[tuple[
     return rows
 
 
+async def propagation(broker: EmbeddedBroker, flips: int) -> list[tuple[str, list[float]]]:
+    """Seconds from publishing a rule's state to a gate applying it, per kind of gate."""
+    delays: dict[str, list[float]] = {"RuleGate": [], "ThreadedRuleGate": []}
+
+    def recorder(kind: str) -> Callable[[Change, Message], None]:
+        def record(change: Change, msg: Message) -> None:
+            if change.rule_id == "flip":
+                delays[kind].append(time.time() - msg.timestamp)
+
+        return record
+
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0)
+    await producer.start()
+    threaded = ThreadedRuleGate(broker.bootstrap, TOPIC, on_change=recorder("ThreadedRuleGate"))
+    try:
+        async with RuleGate(broker.bootstrap, TOPIC, on_change=recorder("RuleGate")) as gate:
+            await asyncio.to_thread(threaded.start)
+            if not (await gate.wait_caught_up(30) and threaded.wait_caught_up(30)):
+                raise SystemExit("the gates did not catch up")
+            for version in range(1, flips + 1):
+                st = "forced_open" if version % 2 else "closed"
+                msg = RuleStateMessage("flip", st, version, 1_767_571_200.0, "bench")
+                await producer.send_and_wait(TOPIC, msg.to_json(), key=b"flip")
+                deadline = time.monotonic() + 10
+                while min(map(len, delays.values())) < version:
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"a gate did not see version {version} within 10 s")
+                    await asyncio.sleep(0.001)
+    finally:
+        threaded.stop()
+        await producer.stop()
+    return list(delays.items())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure and print the table."""
     ap = argparse.ArgumentParser(
@@ -136,9 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rules", type=int, default=1000)
     ap.add_argument("--calls", type=int, default=2_000_000, help="calls per run")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--flips", type=int, default=200, help="state changes to time")
     args = ap.parse_args(argv)
     with EmbeddedBroker() as broker:
         rows = asyncio.run(bench(broker, args))
+        seen = asyncio.run(propagation(broker, args.flips))
     floor = rows[0][1]
     print(
         f"RuleGate.decide, {args.rules} rules, best of {args.repeat} x {args.calls:,} calls "
@@ -148,6 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     for label, ns in rows:
         rate = f"{1e9 / ns:,.0f}" if ns > 0 else "-"
         print(f"{label:<34} {ns:>9.1f} {rate:>14} {ns / floor if floor else 0:>11.1f}")
+    print()
+    print(f"Publish -> gate applies the change, {args.flips} changes, one process (ms)")
+    print(f"{'gate':<34} {'median':>9} {'p95':>9} {'p99':>9} {'max':>9}")
+    for label, delays in seen:
+        ms = sorted(d * 1000 for d in delays)
+        p95, p99 = ms[int(0.95 * (len(ms) - 1))], ms[int(0.99 * (len(ms) - 1))]
+        print(f"{label:<34} {statistics.median(ms):>9.2f} {p95:>9.2f} {p99:>9.2f} {ms[-1]:>9.2f}")
     return 0
 
 
