@@ -336,6 +336,12 @@ async def test_affected_lists_the_trips_ledger_as_the_ground_truth(plane: Plane)
     table = await detector(plane.env, "affected", trip)
     assert table.rc == 0 and f"Affected accounts ({len(rows)})" in table.out
 
+    # `ctl status` names the rule's trip, `ctl history` the transition that made it.
+    status = (await detector(plane.env, "ctl", "status", "bot", "--json")).json()
+    assert (status["trip"]["trip_id"], status["affected"]) == (trip, len(rows))
+    assert f"{trip} (" in (await detector(plane.env, "ctl", "status")).out
+    assert f"(trip {trip})" in (await detector(plane.env, "ctl", "history", "bot")).out
+
 
 async def test_reinstate_dry_run_writes_nothing_and_a_rerun_sends_nothing_new(
     plane: Plane,

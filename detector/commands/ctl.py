@@ -26,6 +26,7 @@ from detector.control.errors import (
     ControlError,
     NoAnswerError,
     NotFoundError,
+    TopicMissingError,
 )
 from detector.control.states import RuleStates
 from detector.control.views import (
@@ -426,6 +427,8 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
             skipped += 1
     if skipped:
         print(f"warning: skipped {skipped} messages that are not rule states", file=sys.stderr)
+    ledger = await ledger_or_empty(args, settings)
+    trips = ledger.latest_trips()
     now = time.time()
     glob = states.messages.get(GLOBAL_RULE_ID)
     if args.rule is None:
@@ -435,11 +438,12 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
                 {
                     "global": render.state_dict(glob) if glob is not None else None,
                     "rules": [render.state_dict(m) for m in rules],
+                    "trips": {r: t.to_dict() for r, t in sorted(trips.items())},
                     "skipped": skipped,
                 }
             )
         else:
-            render.print_status(states.messages.values(), now, topic)
+            render.print_status(states.messages.values(), now, topic, trips)
         return 0
     msg = states.messages.get(args.rule)
     if msg is None:
@@ -449,17 +453,32 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
             + (f" (but the global halt is {glob.state})" if glob is not None else "")
         )
     decision = states.decide(args.rule).value
+    trip = trips.get(args.rule)
+    affected = len(ledger.accounts.get(trip.trip_id, {})) if trip is not None else 0
     if args.json:
         render.print_json(
             {
                 "rule": render.state_dict(msg),
                 "decision": decision,
                 "global": render.state_dict(glob) if glob is not None else None,
+                "trip": trip.to_dict() if trip is not None else None,
+                "affected": affected,
             }
         )
     else:
-        render.print_rule(msg, decision, glob, now)
+        render.print_rule(msg, decision, glob, now, trip, affected)
     return 0
+
+
+async def ledger_or_empty(args: argparse.Namespace, settings: Settings) -> Ledger:
+    """The affected-accounts ledger, to name a rule's trip (empty if there is no topic)."""
+    try:
+        messages = await topicio.read_all(
+            settings, settings.topic_affected, "DETECTOR_TOPIC_AFFECTED", args.timeout
+        )
+    except TopicMissingError:
+        return Ledger()
+    return Ledger.fold((m.key, m.value) for m in messages)
 
 
 async def history(args: argparse.Namespace, settings: Settings) -> int:

@@ -93,7 +93,12 @@ def _gate(gate: str) -> str:
     return f"[{_GATE_STYLE.get(gate, '')}]{gate}[/]"
 
 
-def print_status(states: Iterable[RuleStateMessage], now: float, topic: str) -> None:
+def print_status(
+    states: Iterable[RuleStateMessage],
+    now: float,
+    topic: str,
+    trips: Mapping[str, TripSummary] | None = None,
+) -> None:
     """All rules' states, the global halt first, then held, shadowed and allowed rules."""
     order = {Gate.HOLD.value: 0, Gate.SHADOW.value: 1, Gate.ALLOW.value: 2}
     rows = sorted(states, key=lambda m: (m.rule_id != "*", order.get(m.gate, 3), m.rule_id))
@@ -105,9 +110,10 @@ def print_status(states: Iterable[RuleStateMessage], now: float, topic: str) -> 
             f"every automated deactivation is held ({escape(glob.reason)})"
         )
     table = Table(title=f"Rule states ({len(rows)}) from {escape(topic)}", title_justify="left")
-    for col in ("rule", "state", "gate", "since", "version", "reason", "evidence"):
+    for col in ("rule", "state", "gate", "since", "version", "reason", "last trip", "evidence"):
         table.add_column(col, overflow="fold")
     for m in rows:
+        trip = (trips or {}).get(m.rule_id)
         table.add_row(
             escape(m.rule_id),
             m.state,
@@ -115,6 +121,7 @@ def print_status(states: Iterable[RuleStateMessage], now: float, topic: str) -> 
             f"{to_rfc3339(m.since)} ({ago(now - m.since)})",
             str(m.version),
             escape(m.reason),
+            escape(f"{trip.trip_id} ({trip.status})") if trip is not None else "",
             escape(highlights(m.evidence)),
         )
     con.print(table)
@@ -122,7 +129,12 @@ def print_status(states: Iterable[RuleStateMessage], now: float, topic: str) -> 
 
 
 def print_rule(
-    msg: RuleStateMessage, decision: str, glob: RuleStateMessage | None, now: float
+    msg: RuleStateMessage,
+    decision: str,
+    glob: RuleStateMessage | None,
+    now: float,
+    trip: TripSummary | None = None,
+    affected: int = 0,
 ) -> None:
     """One rule's state in full."""
     con = console()
@@ -136,6 +148,12 @@ def print_rule(
         con.print(
             f"  decision {_gate(decision)}: the global rule '*' is {glob.state} "
             f"since {to_rfc3339(glob.since)}"
+        )
+    if trip is not None:
+        con.print(
+            f"  trip    {trip.trip_id} ({trip.status}): {affected} deactivations in the "
+            f"ledger; 'detector affected {trip.trip_id}' lists them",
+            markup=False,
         )
     if msg.evidence:
         con.print(f"  summary {highlights(msg.evidence)}", markup=False)
@@ -163,7 +181,10 @@ def _audit_detail(rec: AuditRecord) -> str:
         # A transition's detail is its evidence: the trigger and the state version it led to.
         if d.get("trigger"):
             version = d.get("state_version")
-            parts.append(f"{d['trigger']}" + (f" -> v{version}" if version is not None else ""))
+            text = f"{d['trigger']}" + (f" -> v{version}" if version is not None else "")
+            if d["trigger"] == "trip" and version is not None:
+                text += f" (trip {rec.rule_id}#{version})"
+            parts.append(text)
         text = highlights(d)
         if text:
             parts.append(text)

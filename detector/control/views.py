@@ -116,6 +116,15 @@ class Ledger:
         found = self.accounts.get(trip_id, {}).values()
         return sorted(found, key=lambda a: (a.occurred_at, a.event_id))
 
+    def latest_trips(self) -> dict[str, TripSummary]:
+        """Every rule's latest trip (by pause time), from the summaries."""
+        out: dict[str, TripSummary] = {}
+        for summary in self.trips.values():
+            held = out.get(summary.rule_id)
+            if held is None or summary.paused_at > held.paused_at:
+                out[summary.rule_id] = summary
+        return out
+
     def similar(self, trip_id: str, limit: int = 5) -> list[str]:
         """Known trip ids to suggest for an unknown one: the same rule's first, newest first."""
         rule = trip_id.rpartition("#")[0] or trip_id
