@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
 from typing import Any
 
 import orjson
@@ -229,3 +230,56 @@ def test_ctl_and_affected_help(argv: list[str], capsys: pytest.CaptureFixture[st
         build_parser().parse_args([*argv, "--help"])
     text = capsys.readouterr().out
     assert "examples:" in text and "exit codes:" in text
+
+
+# --- connection security settings (shared by the worker and the command line) -----
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"DETECTOR_SECURITY_PROTOCOL": "TLS"}, "DETECTOR_SECURITY_PROTOCOL"),
+        ({"DETECTOR_SECURITY_PROTOCOL": "SASL_SSL"}, "DETECTOR_SASL_MECHANISM"),
+        (
+            {"DETECTOR_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "DETECTOR_SASL_MECHANISM": "PLAIN"},
+            "DETECTOR_SASL_USERNAME",
+        ),
+        (
+            {"DETECTOR_SECURITY_PROTOCOL": "SSL", "DETECTOR_SSL_CAFILE": "/nonexistent/ca.pem"},
+            "DETECTOR_SSL_CAFILE",
+        ),
+    ],
+)
+def test_bad_security_settings_stop_ctl_with_one_line_naming_the_variable(
+    env: dict[str, str],
+    variable: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from detector.cli import main
+
+    for name in [k for k in os.environ if k.startswith("DETECTOR_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["ctl", "status", "--broker", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and variable in err[0]
+
+
+def test_sasl_settings_reach_the_clients_without_showing_the_password() -> None:
+    from detector.stream.settings import Settings
+
+    settings = Settings.from_env(
+        {
+            "DETECTOR_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "DETECTOR_SASL_MECHANISM": "SCRAM-SHA-256",
+            "DETECTOR_SASL_USERNAME": "ops",
+            "DETECTOR_SASL_PASSWORD": "hunter2-hunter2",
+        }
+    )
+    assert settings.kafka_security() == {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "SCRAM-SHA-256",
+        "sasl_plain_username": "ops",
+        "sasl_plain_password": "hunter2-hunter2",
+    }
+    assert "hunter2" not in repr(settings)
