@@ -12,13 +12,14 @@ the traffic. Pure: no clock, no I/O.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
 from detector.demo.traffic import APPLIED, Decision
 from detector.wire.affected import AffectedAccount, TripSummary, trip_id
 from detector.wire.audit import AuditRecord
+from detector.wire.events import GLOBAL_RULE_ID
 from detector.wire.records import Record
 from detector.wire.rulestate import RuleStateMessage
 from detector.wire.timefmt import from_rfc3339, to_rfc3339
@@ -135,6 +136,21 @@ class Outcome:
         ]
         return sorted(found, key=lambda r: (r.occurred_at, r.event_id))
 
+    def resumed_by_operator(self, rule_id: str) -> bool:
+        """True when an operator's command closed the rule (whatever it did next)."""
+        return any(
+            r.to_state == "closed" and r.reason.startswith("operator")
+            for r in self.transitions(rule_id)
+        )
+
+    def ledger_trips(self, paused: Trip) -> list[Trip]:
+        """The trips whose ledgers list the accounts of an incident that ended in
+        ``paused``: that trip itself, or, for a global halt (rule ``*``, which decides
+        nothing itself and lists no account), the trips of the individual rules."""
+        if paused.rule_id != GLOBAL_RULE_ID:
+            return [paused]
+        return [t for r, t in self.trips.items() if r != GLOBAL_RULE_ID]
+
     def command_outcomes(self) -> dict[str, AuditRecord]:
         """Audit records of operator commands, by command id (the first one kept)."""
         out: dict[str, AuditRecord] = {}
@@ -151,19 +167,14 @@ class Outcome:
 
 @dataclass(frozen=True)
 class LedgerCheck:
-    """The ledger of one trip against the traffic's ground truth."""
+    """The ledger of an incident's trips against the traffic's ground truth."""
 
     expected: frozenset[str]
-    """Event ids the ledger should list: the rule's applied deactivations from the
-    trip's onset to its pause and during its half-open probes."""
+    """Event ids the ledger should list: each trip's rule's applied deactivations
+    from the trip's onset to its pause and during its half-open probes."""
     listed: frozenset[str]
     wrongful_in_window: int
     """Of ``expected``, those the incident caused (the simulator's ground truth)."""
-    wrongful_before_pause: int
-    """Wrongful deactivations applied before the pause decision, from the true onset."""
-    wrongful_after_pause: int
-    """Wrongful deactivations applied after the pause decision, before the enforcement
-    service held the rule (the time the decision took to reach it)."""
 
     @property
     def missing(self) -> frozenset[str]:
@@ -207,22 +218,69 @@ def check_ledger(
     summary: TripSummary | None,
     listed: Iterable[AffectedAccount],
     probes: Iterable[tuple[float, float]],
-    true_onset: float,
 ) -> LedgerCheck:
     """Compare a trip's ledger with the traffic. The window comes from the ledger's
     trip summary when the worker wrote one, else from the trip's transition."""
     onset = summary.onset if summary is not None else trip.onset
     paused_at = summary.paused_at if summary is not None else trip.paused_at
     want = expected_ledger(decisions, trip.rule_id, onset, paused_at, probes)
-    mine = [d for d in decisions if d.rule_id == trip.rule_id and d.fate == APPLIED]
     return LedgerCheck(
         expected=frozenset(d.event_id for d in want),
         listed=frozenset(a.event_id for a in listed),
         wrongful_in_window=sum(d.wrongful for d in want),
-        wrongful_before_pause=sum(
-            d.wrongful and true_onset <= d.occurred_at < paused_at for d in mine
-        ),
-        wrongful_after_pause=sum(d.wrongful and d.occurred_at >= paused_at for d in mine),
+    )
+
+
+def merge_checks(checks: Sequence[LedgerCheck]) -> LedgerCheck | None:
+    """Several trips' checks as one (a global incident pauses several rules)."""
+    if not checks:
+        return None
+    return LedgerCheck(
+        expected=frozenset().union(*(c.expected for c in checks)),
+        listed=frozenset().union(*(c.listed for c in checks)),
+        wrongful_in_window=sum(c.wrongful_in_window for c in checks),
+    )
+
+
+def pauses(outcome: Outcome, paused: Trip, rule_ids: Iterable[str]) -> dict[str, float]:
+    """When each incident rule stopped acting: its own trip, or a global halt if earlier."""
+    halt = paused.paused_at if paused.rule_id == GLOBAL_RULE_ID else math.inf
+    out = {}
+    for rule_id in rule_ids:
+        own = outcome.trips.get(rule_id)
+        out[rule_id] = min(halt, own.paused_at if own is not None else math.inf)
+    return out
+
+
+def wrongful_before_pause(
+    decisions: Iterable[Decision], paused_at: Mapping[str, float], start: float
+) -> int:
+    """The accounts affected before the pause: wrongful deactivations applied from
+    ``start`` (the true onset) to each rule's pause."""
+    return sum(
+        d.wrongful
+        and d.deactivation
+        and d.fate == APPLIED
+        and start <= d.occurred_at < paused_at.get(d.rule_id, -math.inf)
+        for d in decisions
+    )
+
+
+def wrongful_unlisted(
+    decisions: Iterable[Decision], rule_ids: Collection[str], start: float, listed: Set[str]
+) -> int:
+    """Wrongful deactivations by ``rule_ids`` applied from ``start`` that the ledger does
+    not list (applied after a pause decision but before the gate reached the
+    enforcement service; or, in a global incident, by a rule before the halt, outside
+    any trip of its own)."""
+    return sum(
+        d.wrongful
+        and d.deactivation
+        and d.fate == APPLIED
+        and d.rule_id in rule_ids
+        and d.occurred_at >= start
+        and d.event_id not in listed
+        for d in decisions
     )
 
 

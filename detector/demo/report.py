@@ -115,6 +115,10 @@ class Summary:
     held: int = 0
     shadowed: int = 0
     notes: list[str] = field(default_factory=list)
+    affected_before_pause: int | None = None
+    """Wrongful deactivations applied from the true onset to the pause (ground truth)."""
+    unlisted: int = 0
+    """Wrongful deactivations applied that the ledger does not list."""
 
     @property
     def ok(self) -> bool:
@@ -159,9 +163,9 @@ class Summary:
                 "extra": len(ledger.extra),
                 "matches": ledger.matches,
                 "wrongful_in_window": ledger.wrongful_in_window,
-                "wrongful_before_pause": ledger.wrongful_before_pause,
-                "wrongful_after_pause": ledger.wrongful_after_pause,
+                "wrongful_not_listed": self.unlisted,
             },
+            "accounts_affected_before_pause": self.affected_before_pause,
             "decisions_held": self.held,
             "decisions_shadowed": self.shadowed,
             "files": self.files,
@@ -204,10 +208,8 @@ class Summary:
         ledger = self.ledger
         if ledger is not None:
             out.append(
-                f"  accounts affected before the pause: {ledger.wrongful_before_pause} "
-                "wrongful deactivations by the ground truth; "
-                f"{ledger.wrongful_after_pause} more before the enforcement service "
-                "held the rule (the decision's way to it)"
+                f"  accounts affected before the pause: {self.affected_before_pause} "
+                "(wrongful deactivations from the true onset, by the simulator's ground truth)"
             )
             if self.ledger_rows is None:
                 out.append("  ledger: the worker published no ledger for this trip")
@@ -219,6 +221,19 @@ class Summary:
                         "matches"
                         if ledger.matches
                         else f"{len(ledger.missing)} missing, {len(ledger.extra)} extra"
+                    )
+                )
+            if self.unlisted:
+                out.append(
+                    f"  not in the ledger: {self.unlisted} wrongful deactivations applied after "
+                    "the pause's event time, before the gate reached the enforcement service "
+                    "(the detector decides once the watermark, with its allowed lateness, has "
+                    f"passed; at {self.speed:g}x each wall-clock second of delivery is "
+                    f"{self.speed:g} s of event time)"
+                    + (
+                        ", or by rules the global halt stopped before they tripped"
+                        if self.expected_pause == "*"
+                        else ""
                     )
                 )
         out.append(

@@ -37,7 +37,16 @@ import orjson
 from detector.broker import HOST, EmbeddedBroker
 from detector.demo.alerting import Alerting, Binaries, Webhook, describe_page
 from detector.demo.kafka import Follower, Producer, Published, create_demo_topics
-from detector.demo.outcome import Outcome, Trip, check_ledger, narrate
+from detector.demo.outcome import (
+    Outcome,
+    Trip,
+    check_ledger,
+    merge_checks,
+    narrate,
+    pauses,
+    wrongful_before_pause,
+    wrongful_unlisted,
+)
 from detector.demo.report import (
     Summary,
     write_decisions,
@@ -294,9 +303,11 @@ class Demo:
 
         def settled() -> bool:
             judged = (self.watermark or 0.0) >= sch.end
-            resumed = all(self.outcome.state(r) == "closed" for r in self.resumed)
+            resumed = all(self.outcome.resumed_by_operator(r) for r in self.resumed)
             trip = self._trip()
-            ledger = trip is None or self._trip_summary_closed(trip)
+            ledger = trip is None or all(
+                self._trip_summary_closed(t) for t in self.outcome.ledger_trips(trip)
+            )
             return judged and resumed and ledger
 
         while time.monotonic() - wall0 < DRAIN_TIMEOUT and not settled():
@@ -508,40 +519,29 @@ class Demo:
             if self.pause_wall is not None and self.onset_wall is not None:
                 s.wall_seconds_to_pause = self.pause_wall - self.onset_wall
             s.probes = _probe_lines(out, trip.rule_id)
-            accounts = out.ledger_accounts(trip)
-            summary = out.trip_summary(trip)
-            s.trip_summary_written = summary is not None
-            s.ledger_rows = len(accounts) if (accounts or summary is not None) else None
-            s.ledger = check_ledger(
-                self.traffic.decisions,
-                trip,
-                summary,
-                accounts,
-                out.probes(trip.rule_id),
-                sch.onset,
-            )
-            s.checks["ledger matches the ground truth"] = s.ledger.matches
-            csv_path = o.out / "affected-accounts.csv"
-            write_ledger_csv(csv_path, accounts)
-            s.files["ledger CSV"] = str(csv_path)
-            png = o.out / f"timeline-{safe_name(trip.rule_id)}.png"
-            written = await asyncio.to_thread(
-                write_timeline, png, trip.rule_id, self.sent, out.records, self.config
-            )
-            if written is not None:
-                s.files["PNG timeline"] = str(written)
-            else:
-                s.notes.append(f"no per-minute series for {trip.rule_id}: no PNG written")
+            self._check_ledger(s, trip)
+        plotted = trip.rule_id if trip is not None else incident_rules[0]
+        png = o.out / f"timeline-{safe_name(plotted)}.png"
+        written = await asyncio.to_thread(
+            write_timeline, png, plotted, self.sent, out.records, self.config
+        )
+        if written is not None:
+            s.files["PNG timeline"] = str(written)
+        else:
+            s.notes.append(f"no per-minute series for {plotted}: no PNG written")
         if self.resumed:
-            closed = [r for r in self.resumed if out.state(r) == "closed"]
+            applied = [r for r in self.resumed if out.resumed_by_operator(r)]
             outcomes = out.command_outcomes()
             verdicts = sorted({f"{a.outcome} ({a.reason})" for a in outcomes.values()})
             s.resume = (
                 f"{', '.join(self.resumed)}: "
-                + ("applied, closed again" if len(closed) == len(self.resumed) else "NOT applied")
+                + ("applied, closed again" if applied == self.resumed else "NOT applied")
                 + (f"; audit: {', '.join(verdicts)}" if verdicts else "; no audit record")
             )
-            s.checks["operator resume applied"] = len(closed) == len(self.resumed)
+            s.checks["operator resume applied"] = applied == self.resumed
+            again = [r for r in applied if out.state(r) != "closed"]
+            if again:
+                s.notes.append(f"paused again after the resume: {', '.join(again)}")
         elif want is not None:
             s.resume = "nothing was paused at the end"
         events_path = o.out / "events.jsonl.gz"
@@ -559,6 +559,39 @@ class Demo:
         )
         self.summary = s
         return s
+
+    def _check_ledger(self, s: Summary, paused: Trip) -> None:
+        """Compare the ledger of the incident's trips with the ground truth, and write
+        it as CSV."""
+        out, sch = self.outcome, self.schedule
+        trips = out.ledger_trips(paused)
+        accounts = [a for t in trips for a in out.ledger_accounts(t)]
+        summaries = {t.trip_id: out.trip_summary(t) for t in trips}
+        s.trip_summary_written = all(v is not None for v in summaries.values())
+        s.ledger_rows = len(accounts) if (accounts or any(summaries.values())) else None
+        s.ledger = merge_checks(
+            [
+                check_ledger(
+                    self.traffic.decisions,
+                    t,
+                    summaries[t.trip_id],
+                    out.ledger_accounts(t),
+                    out.probes(t.rule_id),
+                )
+                for t in trips
+            ]
+        )
+        s.checks["ledger matches the ground truth"] = s.ledger is not None and s.ledger.matches
+        incident_rules = self.traffic.incident.rule_ids
+        decisions = self.traffic.decisions
+        s.affected_before_pause = wrongful_before_pause(
+            decisions, pauses(out, paused, incident_rules), sch.onset
+        )
+        listed = s.ledger.listed if s.ledger is not None else frozenset()
+        s.unlisted = wrongful_unlisted(decisions, incident_rules, sch.onset, listed)
+        csv_path = self.options.out / "affected-accounts.csv"
+        write_ledger_csv(csv_path, sorted(accounts, key=lambda a: (a.occurred_at, a.event_id)))
+        s.files["ledger CSV"] = str(csv_path)
 
     async def _close_clients(self) -> None:
         """Stop the Kafka clients and servers of this process (bounded)."""
