@@ -4,8 +4,8 @@ One worker on the embedded broker judges three hours of history and an incident
 (a rule trips), then its ``/metrics`` is scraped: ``promtool check metrics``
 accepts it, every metric an alert or a panel reads is there, every label a
 selector matches on is on its samples, and the facts the alerts rely on hold (the
-dead-man's switch advances while idle, the global view is exported, the breaker
-states the queries name exist).
+dead-man's switch and event time advance while idle, the global view is exported,
+the breaker states the queries name exist).
 """
 
 from __future__ import annotations
@@ -60,6 +60,15 @@ async def scrape(
             lambda: worker.metric("detector_last_processed_timestamp_seconds") > first + 1,
             10,
             "the last-processed time to advance while idle",
+        )
+        # DetectorEventTimeStalled: event time follows the wall clock once the input is idle.
+        watermark = worker.metric("detector_event_time_watermark_timestamp_seconds")
+        await wait_for(
+            lambda: (
+                worker.metric("detector_event_time_watermark_timestamp_seconds") > watermark + 1
+            ),
+            20,
+            "event time to advance while idle",
         )
         body = worker.get("/metrics")
         assert body is not None, worker.log()[-3000:]
