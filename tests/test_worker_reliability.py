@@ -63,6 +63,8 @@ def workers() -> Iterator[list[WorkerProc]]:
     yield procs
     for w in procs:
         w.stop()
+        # Shown by pytest only when the test failed: what each worker did.
+        print(f"----- worker {w.name} -----\n" + "\n".join(w.log().splitlines()[-150:]))
 
 
 def split(

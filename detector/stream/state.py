@@ -19,6 +19,8 @@ offset and sequence number) and not published twice.
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import logging
 import math
 import time
@@ -55,6 +57,53 @@ CHECKPOINT_KEY_JSON = orjson.dumps(CHECKPOINT_KEY)
 """The key as the table's changelog stores it (Faust's ``json`` key serializer)."""
 
 
+class Published:
+    """Outputs already on the output topics after the checkpoint, by topic.
+
+    An output is recognised by its id (the aggregates offset and sequence number in its
+    headers) or, should a replay number its outputs differently, by its bytes: a rule
+    state or an alert has its rule, event time and state version in it, so the same
+    bytes are the same decision. Topics are told apart: a crash between a rule state
+    and its alert leaves the alert to send.
+    """
+
+    def __init__(self) -> None:
+        self.ids: dict[str, set[tuple[int, int]]] = {}
+        self.values: dict[str, dict[bytes, int]] = {}
+
+    def add(self, topic: str, oid: tuple[int, int], value: bytes | None) -> None:
+        self.ids.setdefault(topic, set()).add(oid)
+        if value is not None:
+            self.values.setdefault(topic, {})[hashlib.blake2b(value, digest_size=16).digest()] = (
+                oid[0]
+            )
+
+    def has(self, topic: str, offset: int, seq: int, value: bytes) -> bool:
+        if (offset, seq) in self.ids.get(topic, ()):
+            return True
+        return hashlib.blake2b(value, digest_size=16).digest() in self.values.get(topic, {})
+
+    def update(self, other: Published) -> None:
+        for topic, ids in other.ids.items():
+            self.ids.setdefault(topic, set()).update(ids)
+        for topic, values in other.values.items():
+            self.values.setdefault(topic, {}).update(values)
+
+    def prune(self, position: int) -> None:
+        """Forget outputs of aggregates at or below ``position``: never replayed again."""
+        self.ids = {t: {i for i in ids if i[0] > position} for t, ids in self.ids.items()}
+        self.values = {
+            t: {h: o for h, o in vs.items() if o > position} for t, vs in self.values.items()
+        }
+
+    def counts(self) -> dict[str, int]:
+        return {t: len(ids) for t, ids in self.ids.items()}
+
+
+def _found(found: Published, topic: str, msg: Any) -> None:
+    found.add(topic, output_id(list(msg.headers or ())), msg.value)
+
+
 class StateStage:
     """The engine's owner inside the worker (one per process; active where the
     aggregates partition is assigned)."""
@@ -69,7 +118,7 @@ class StateStage:
         self.table = table
         self.machine: StateMachine | None = None
         self.pending: list[Any] = []
-        self.published: set[tuple[int, int]] = set()
+        self.published = Published()
         """Outputs found already published after the restored checkpoint."""
         self.out_next: dict[str, dict[str, int]] = {}
         """Per output topic and partition: the offset after the last output published."""
@@ -107,7 +156,7 @@ class StateStage:
                 extra={
                     "position": self.machine.position,
                     "rules": len(self.machine.engine.rules),
-                    "already_published": len(self.published),
+                    "already_published": self.published.counts(),
                 },
             )
         else:
@@ -142,7 +191,7 @@ class StateStage:
             elif self.stale:
                 # Ours again, and no one got further: keep the engine in memory, but learn
                 # what another owner may have published meanwhile.
-                self.published |= await self._read_back(self.out_next)
+                self.published.update(await self._read_back(self.out_next))
             self.stale = False
             self.stream = stream
             machine = self.machine
@@ -325,26 +374,23 @@ class StateStage:
         self.pending = []
         self.checkpointed = machine.position
         log.debug("checkpoint written", extra={"position": machine.position, "bytes": len(blob)})
-        self.published = {p for p in self.published if p[0] > machine.position}
+        self.published.prune(machine.position)
         self.last_checkpoint = time.monotonic()
 
     # ----- outputs -----
     async def _publish(self, records: list[Record], offset: int) -> None:
         s = self.settings
         for seq, rec in enumerate(records):
-            if (offset, seq) in self.published:
-                continue
             headers = output_headers(offset, seq)
             key = rec.rule_id.encode()
-            if rec.is_transition:
-                meta = await self.app.producer.send_and_wait(
-                    s.topic_rule_state, key, RuleStateMessage.of(rec).to_json(), None, None, headers
-                )
-                self._advance(s.topic_rule_state, meta)
-            meta = await self.app.producer.send_and_wait(
-                s.topic_alerts, key, rec.to_json(), None, None, headers
-            )
-            self._advance(s.topic_alerts, meta)
+            outputs = [(s.topic_alerts, rec.to_json())]
+            if rec.is_transition:  # the rule state first: enforcement services obey it
+                outputs.insert(0, (s.topic_rule_state, RuleStateMessage.of(rec).to_json()))
+            for topic, value in outputs:
+                if self.published.has(topic, offset, seq, value):
+                    continue
+                meta = await self.app.producer.send_and_wait(topic, key, value, None, None, headers)
+                self._advance(topic, meta)
 
     async def _publish_control(self, applied: Applied) -> None:
         """Audit records and ledger records: many at a time, sent together. Their ids and
@@ -384,25 +430,37 @@ class StateStage:
                 s.topic_dlq, agg.rule_id.encode(), orjson.dumps(agg.to_dict()), None, None, headers
             )
 
-    async def _read_back(self, since: dict[str, dict[str, int]]) -> set[tuple[int, int]]:
-        """Ids of outputs published after the checkpoint (read from the output topics)."""
+    async def _read_back(self, since: dict[str, dict[str, int]]) -> Published:
+        """Outputs published after the checkpoint (read from the output topics)."""
         s = self.settings
-        found: set[tuple[int, int]] = set()
+        found = Published()
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap, enable_auto_commit=False, **s.kafka_security()
         )
         await consumer.start()
         try:
             for topic in (s.topic_alerts, s.topic_rule_state):
-                parts = consumer.partitions_for_topic(topic) or set()
+                # Ask the broker: the consumer's own metadata knows only the topics it
+                # has been asked about, and would silently read nothing.
+                parts = (await consumer._client.fetch_all_metadata()).partitions_for_topic(topic)
+                parts = parts or set()
                 tps = [TopicPartition(topic, p) for p in sorted(parts)]
                 if not tps:
                     continue
                 consumer.assign(tps)
                 for tp in tps:
                     consumer.seek(tp, since.get(topic, {}).get(str(tp.partition), 0))
-                await read_to_end(
-                    consumer, tps, lambda msg: found.add(output_id(list(msg.headers or ())))
+                await read_to_end(consumer, tps, functools.partial(_found, found, topic))
+                log.info(
+                    "outputs read back",
+                    extra={
+                        "topic": topic,
+                        "from": {
+                            str(tp.partition): since.get(topic, {}).get(str(tp.partition), 0)
+                            for tp in tps
+                        },
+                        "found": found.counts().get(topic, 0),
+                    },
                 )
         finally:
             await consumer.stop()
