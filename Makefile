@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/detector backtest --sample --plot out/plots --transitions out/transitions.jsonl
+	$(BIN)/detector demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check detector tests bench
