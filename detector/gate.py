@@ -176,6 +176,11 @@ class RuleGate:
             return Explanation(decision, "global", glob)
         return Explanation(decision, "no_state" if own is None else "rule", own)
 
+    def held_decision(self, rule_id: str) -> Decision:
+        """What the states held decide for ``rule_id``, however fresh they are (for
+        display and diagnosis; a service calls :meth:`decide`, which fails safe)."""
+        return self._states.decide(rule_id)
+
     def state(self, rule_id: str) -> RuleStateMessage | None:
         """The latest state held for ``rule_id`` (``*``: the global halt), if any."""
         return self._states.messages.get(rule_id)
@@ -368,6 +373,7 @@ class ThreadedRuleGate:
         self.gate = RuleGate(*args, **kwargs)
         self.decide = self.gate.decide
         self.explain = self.gate.explain
+        self.held_decision = self.gate.held_decision
         self.state = self.gate.state
         self.health = self.gate.health
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -201,7 +201,7 @@ async def test_a_gate_in_another_process_sees_the_trip_within_a_second(plane: Pl
     await wait_for(lambda: seen(plane, "bot", "open") is not None, 10, "the watcher to see it")
     row = seen(plane, "bot", "open")
     assert row is not None
-    assert row["decision"] == "hold"
+    assert (row["decision"], row["answer"]) == ("hold", "hold")
     published = [
         m
         for m in await read_topic(plane.broker.bootstrap, plane.topics.rule_state)
@@ -242,7 +242,7 @@ async def test_pause_status_resume_from_the_command_line(plane: Plane) -> None:
     # The watcher (a gate in another process) holds the rule within a second.
     await wait_for(lambda: seen(plane, "fraud", "forced_open") is not None, 10, "the gate")
     row = seen(plane, "fraud", "forced_open")
-    assert row is not None and row["decision"] == "hold" and row["lag_seconds"] < 1.0
+    assert row is not None and row["answer"] == "hold" and row["lag_seconds"] < 1.0
 
     again = await detector(env, "ctl", "pause", "fraud", "--reason", "INC-1", "--wait", "30")
     assert again.rc == 0, again.err

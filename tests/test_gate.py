@@ -299,7 +299,7 @@ async def test_gate_in_another_process_sees_a_pause_within_a_second(
             )
             line = orjson.loads(await asyncio.wait_for(proc.stdout.readline(), 10))
             assert (line["rule_id"], line["state"], line["replay"]) == ("bot.automation", st, False)
-            assert line["decision"] == ("allow" if st == "closed" else "hold")
+            assert line["answer"] == line["decision"] == ("allow" if st == "closed" else "hold")
             delays.append(line["observed_at"] - line["message_timestamp"])
         assert max(delays) < 1.0, delays
     finally:

@@ -593,7 +593,8 @@ async def watch(args: argparse.Namespace, settings: Settings) -> int:
             "rule_id": change.rule_id,
             "before": change.before.value if change.before else None,
             "after": change.after.value if change.after else None,
-            "decision": gate.decide(change.rule_id).value,
+            "decision": gate.held_decision(change.rule_id).value,
+            "answer": gate.decide(change.rule_id).value,  # fails safe until caught up
             "state": state.state if state else None,
             "version": state.version if state else None,
             "reason": state.reason if state else None,
@@ -608,11 +609,15 @@ async def watch(args: argparse.Namespace, settings: Settings) -> int:
         if args.json:
             sys.stdout.write(orjson.dumps(row).decode() + "\n")
         elif row["event"] == "change":
-            when = "replayed" if row["replay"] else f"seen {row['lag_seconds']:.3f} s after"
+            when = (
+                "(replayed from the topic)"
+                if row["replay"]
+                else f"seen {row['lag_seconds']:.3f} s after it was written"
+            )
             print(
                 f"{to_rfc3339(row['observed_at'])}  {row['rule_id']}  "
                 f"{row['before'] or '-'} -> {row['after'] or '-'}  (decision {row['decision']}; "
-                f"{row['state']} v{row['version']}, {row['reason']})  {when} it was written"
+                f"{row['state']} v{row['version']}, {row['reason']})  {when}"
             )
         else:
             print(f"{to_rfc3339(row['observed_at'])}  {row['event']}: {row.get('detail', '')}")
