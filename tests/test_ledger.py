@@ -210,3 +210,20 @@ def test_shadow_decisions_are_not_listed() -> None:
     (tick,) = agg.drain()
     assert tick.hits == [(11.0, "e2", "a2", "deactivate_account")]
     assert RuleTick.from_dict(orjson.loads(orjson.dumps(tick.to_dict()))).hits == tick.hits
+
+
+def test_backtest_command_writes_the_ledger_as_the_worker_publishes_it(
+    traffic: Any, backtest: Any, tmp_path: Any
+) -> None:
+    from detector.cli import main
+
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"".join(v + b"\n" for v in traffic[0]))
+    out = tmp_path / "ledger.jsonl"
+    config = tmp_path / "config.json"
+    config.write_bytes(orjson.dumps({"warmup_buckets": CONFIG.warmup_buckets}))
+    argv = ["backtest", str(events), "--config", str(config), "--ledger", str(out), "--quiet"]
+    assert main(argv) == 0
+    written = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert written == [orjson.loads(r.to_json()) for r in backtest.ledger]
+    assert any(r["kind"] == "account" for r in written)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -73,6 +74,13 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
         "--plot", type=Path, metavar="DIR", help="write a PNG timeline per rule that tripped"
     )
     p.add_argument(
+        "--ledger",
+        type=Path,
+        metavar="PATH",
+        help="write the affected-accounts ledger (trip summaries and the accounts each "
+        "trip hit) as JSON lines, as the worker publishes it",
+    )
+    p.add_argument(
         "--rejects",
         type=Path,
         metavar="PATH",
@@ -108,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
             rejects=sink(args.rejects, "wb"),
             keep_series=args.plot is not None,
             strict=args.strict,
+            ledger=args.ledger is not None,
         )
         path: Path = args.counts or args.events
         fh, size = open_lines(path)
@@ -115,6 +124,10 @@ def run(args: argparse.Namespace) -> int:
         show = not args.quiet and not args.json and sys.stderr.isatty()
         result = _replay(bt, fh, size, path, counts=args.counts is not None, show=show)
     plots = _plots(result, args.plot) if args.plot else []
+    if args.ledger is not None:
+        args.ledger.parent.mkdir(parents=True, exist_ok=True)
+        with args.ledger.open("wb") as out:
+            out.writelines(r.to_json() + b"\n" for r in result.ledger)
     if args.json:
         sys.stdout.write(orjson.dumps(_summary_json(result, plots)).decode() + "\n")
     else:
@@ -240,10 +253,19 @@ def _print_summary(
             con.print(table)
         else:
             con.print(f"{title}: none")
+    if args.ledger is not None:
+        from detector.wire.affected import AffectedAccount
+
+        trips = collections.Counter(
+            r.trip_id for r in result.ledger if isinstance(r, AffectedAccount)
+        )
+        for trip, n in sorted(trips.items()):
+            con.print(f"  trip {trip}: {n:,} affected accounts in the ledger")
     for label, target in (
         ("transitions", args.transitions),
         ("scores", args.scores),
         ("rejects", args.rejects),
+        ("ledger", args.ledger),
     ):
         if target is not None:
             con.print(f"  {label} written to {target}")
