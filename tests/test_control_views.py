@@ -47,19 +47,21 @@ def msg(rec: AffectedAccount | TripSummary) -> tuple[bytes, bytes]:
 
 
 # --- audit ------------------------------------------------------------------------
-def test_history_is_one_rules_records_each_id_once_oldest_first() -> None:
+def test_history_is_one_rules_records_each_id_once_in_topic_order() -> None:
     records = [
         audit("rec:5:0", "a", T0 + 5),
         audit("rec:1:0", "b", T0 + 1),
+        audit("cmd:0:1", "a", T0 + 9e6, "command"),  # wall clock, far ahead of event time
         audit("rec:1:0", "a", T0 + 1),
-        audit("rec:1:0", "a", T0 + 99),  # the same id written again after a crash
-        audit("rec:3:0", "a", T0 + 1),  # same time: topic order
+        audit("rec:5:0", "a", T0 + 99),  # the same id written again after a crash
+        audit("rec:3:0", "a", T0 + 1),
     ]
     got = rule_history(records, "a")
     assert [(r.audit_id, r.at) for r in got] == [
+        ("rec:5:0", T0 + 5),
+        ("cmd:0:1", T0 + 9e6),
         ("rec:1:0", T0 + 1),
         ("rec:3:0", T0 + 1),
-        ("rec:5:0", T0 + 5),
     ]
     assert rule_history(records, "nobody") == []
 

@@ -231,9 +231,10 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
     h = leaf(
         "history",
         parents=[common],
-        help="a rule's audit trail: transitions, alerts and commands, oldest first",
+        help="a rule's audit trail: transitions, alerts and commands, as written",
         description="Reads the audit topic: every transition, alert and operator command "
-        "(accepted or rejected) of RULE, each audit id once, oldest first.",
+        "(accepted or rejected) of RULE, each audit id once, in the order the detector "
+        "wrote them (transitions carry event time, commands the time they were received).",
     )
     h.add_argument("rule", metavar="RULE", help="the rule id ('*': the global halt)")
     h.add_argument("--limit", type=int, default=0, help="only the last N records (0: all)")

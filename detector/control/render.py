@@ -192,7 +192,7 @@ def _audit_detail(rec: AuditRecord) -> str:
 
 
 def print_history(rule_id: str, records: list[AuditRecord], total: int, topic: str) -> None:
-    """A rule's audit trail, oldest first."""
+    """A rule's audit trail, in the order it was written."""
     shown = f"last {len(records)} of {total}" if len(records) < total else str(total)
     table = Table(
         title=f"History of {escape(rule_id)} ({shown}) from {escape(topic)}", title_justify="left"

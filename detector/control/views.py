@@ -34,9 +34,11 @@ def parse_audit(values: Iterable[bytes | None]) -> tuple[list[AuditRecord], int]
 
 
 def rule_history(records: Iterable[AuditRecord], rule_id: str) -> list[AuditRecord]:
-    """``rule_id``'s audit records, oldest first, each ``audit_id`` once (the first written).
+    """``rule_id``'s audit records in topic order, each ``audit_id`` once (the first written).
 
-    Records with the same time keep their topic order.
+    Topic order is the order the detector wrote them (the audit topic has one
+    partition). It is not sorted by ``at``: transitions and alerts carry event time,
+    commands the wall-clock time they were received, and the two need not agree.
     """
     seen: set[str] = set()
     out: list[AuditRecord] = []
@@ -45,7 +47,6 @@ def rule_history(records: Iterable[AuditRecord], rule_id: str) -> list[AuditReco
             continue
         seen.add(rec.audit_id)
         out.append(rec)
-    out.sort(key=lambda r: r.at)
     return out
 
 
