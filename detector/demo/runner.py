@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import itertools
 import shutil
 import signal
 import tempfile
@@ -40,12 +39,7 @@ from detector.demo.kafka import Follower, Producer, Published, create_demo_topic
 from detector.demo.outcome import (
     Outcome,
     Trip,
-    check_ledger,
-    merge_checks,
     narrate,
-    pauses,
-    wrongful_before_pause,
-    wrongful_unlisted,
 )
 from detector.demo.report import (
     Summary,
@@ -59,7 +53,8 @@ from detector.demo.scenario import (
     demo_config,
     expected_pause,
 )
-from detector.demo.traffic import HELD, SHADOW, Traffic
+from detector.demo.traffic import Traffic
+from detector.demo.verdict import judge
 from detector.demo.view import Status, View
 from detector.demo.worker import RuleView, Worker
 from detector.errors import DetectorError
@@ -484,66 +479,27 @@ class Demo:
 
     # ----- the end -----
     async def _report(self) -> Summary:
-        o, sch, out = self.options, self.schedule, self.outcome
+        """Judge the run, write the files, keep the summary."""
+        o = self.options
         self.phase = "writing the report"
         await self._refresh(force=True)
+        s, accounts = judge(self.traffic, self.outcome, self.resumed, o.speed)
+        if s.trip is not None and self.pause_wall is not None and self.onset_wall is not None:
+            s.wall_seconds_to_pause = self.pause_wall - self.onset_wall
         o.out.mkdir(parents=True, exist_ok=True)
-        want = expected_pause(o.incident)
-        incident_rules = list(self.traffic.incident.rule_ids)
-        s = Summary(
-            incident=o.incident,
-            seed=o.seed,
-            speed=o.speed,
-            expected_pause=want,
-            incident_rules=incident_rules,
-            true_onset=sch.onset,
-            paused=out.paused_rules,
-            held=self.traffic.fates[HELD],
-            shadowed=self.traffic.fates[SHADOW],
-        )
-        trip = self._trip()
-        s.trip = trip
-        allowed = {want} | (set(incident_rules) if o.incident == "global" else set())
-        if want is None:
-            silent = [r for r in out.records if r.reason == "silent" and self._watched(r.rule_id)]
-            s.checks["alerted that the rule went silent"] = bool(silent)
-            s.checks["paused no rule"] = not out.paused_rules
-        else:
-            s.checks[f"paused {want}"] = trip is not None
-            s.checks["paused no other rule"] = set(out.paused_rules) <= allowed
-        s.alerts = [
-            narrate(r) for r in out.records if not r.is_transition and self._watched(r.rule_id)
-        ][:5]
-        if trip is not None:
-            s.seconds_to_pause = trip.paused_at - sch.onset
-            if self.pause_wall is not None and self.onset_wall is not None:
-                s.wall_seconds_to_pause = self.pause_wall - self.onset_wall
-            s.probes = _probe_lines(out, trip.rule_id)
-            self._check_ledger(s, trip)
-        plotted = trip.rule_id if trip is not None else incident_rules[0]
+        if s.ledger is not None:
+            csv_path = o.out / "affected-accounts.csv"
+            write_ledger_csv(csv_path, accounts)
+            s.files["ledger CSV"] = str(csv_path)
+        plotted = s.trip.rule_id if s.trip is not None else s.incident_rules[0]
         png = o.out / f"timeline-{safe_name(plotted)}.png"
         written = await asyncio.to_thread(
-            write_timeline, png, plotted, self.sent, out.records, self.config
+            write_timeline, png, plotted, self.sent, self.outcome.records, self.config
         )
         if written is not None:
             s.files["PNG timeline"] = str(written)
         else:
             s.notes.append(f"no per-minute series for {plotted}: no PNG written")
-        if self.resumed:
-            applied = [r for r in self.resumed if out.resumed_by_operator(r)]
-            outcomes = out.command_outcomes()
-            verdicts = sorted({f"{a.outcome} ({a.reason})" for a in outcomes.values()})
-            s.resume = (
-                f"{', '.join(self.resumed)}: "
-                + ("applied, closed again" if applied == self.resumed else "NOT applied")
-                + (f"; audit: {', '.join(verdicts)}" if verdicts else "; no audit record")
-            )
-            s.checks["operator resume applied"] = applied == self.resumed
-            again = [r for r in applied if out.state(r) != "closed"]
-            if again:
-                s.notes.append(f"paused again after the resume: {', '.join(again)}")
-        elif want is not None:
-            s.resume = "nothing was paused at the end"
         events_path = o.out / "events.jsonl.gz"
         decisions_path = o.out / "decisions.jsonl.gz"
         await asyncio.to_thread(write_lines, events_path, self.sent)
@@ -559,39 +515,6 @@ class Demo:
         )
         self.summary = s
         return s
-
-    def _check_ledger(self, s: Summary, paused: Trip) -> None:
-        """Compare the ledger of the incident's trips with the ground truth, and write
-        it as CSV."""
-        out, sch = self.outcome, self.schedule
-        trips = out.ledger_trips(paused)
-        accounts = [a for t in trips for a in out.ledger_accounts(t)]
-        summaries = {t.trip_id: out.trip_summary(t) for t in trips}
-        s.trip_summary_written = all(v is not None for v in summaries.values())
-        s.ledger_rows = len(accounts) if (accounts or any(summaries.values())) else None
-        s.ledger = merge_checks(
-            [
-                check_ledger(
-                    self.traffic.decisions,
-                    t,
-                    summaries[t.trip_id],
-                    out.ledger_accounts(t),
-                    out.probes(t.rule_id),
-                )
-                for t in trips
-            ]
-        )
-        s.checks["ledger matches the ground truth"] = s.ledger is not None and s.ledger.matches
-        incident_rules = self.traffic.incident.rule_ids
-        decisions = self.traffic.decisions
-        s.affected_before_pause = wrongful_before_pause(
-            decisions, pauses(out, paused, incident_rules), sch.onset
-        )
-        listed = s.ledger.listed if s.ledger is not None else frozenset()
-        s.unlisted = wrongful_unlisted(decisions, incident_rules, sch.onset, listed)
-        csv_path = self.options.out / "affected-accounts.csv"
-        write_ledger_csv(csv_path, sorted(accounts, key=lambda a: (a.occurred_at, a.event_id)))
-        s.files["ledger CSV"] = str(csv_path)
 
     async def _close_clients(self) -> None:
         """Stop the Kafka clients and servers of this process (bounded)."""
@@ -653,20 +576,6 @@ class Demo:
         if log.exists():
             self.options.out.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(log, self.options.out / "worker.log")
-
-
-def _probe_lines(out: Outcome, rule_id: str) -> list[str]:
-    lines = []
-    transitions = out.transitions(rule_id)
-    for prev, rec in itertools.pairwise(transitions):
-        if prev.to_state == "half_open":
-            verdict = "passed" if rec.to_state == "closed" else f"failed ({rec.reason})"
-            if rec.reason.startswith("operator"):
-                verdict = f"ended by the operator ({rec.reason})"
-            lines.append(f"from {to_rfc3339(prev.at)} to {to_rfc3339(rec.at)}: {verdict}")
-    if transitions and transitions[-1].to_state == "half_open":
-        lines.append(f"from {to_rfc3339(transitions[-1].at)}: still probing at the end")
-    return lines
 
 
 def run_demo(options: Options, view: View) -> tuple[int, Demo]:
