@@ -20,6 +20,7 @@ from deploykit import (
     ALERT_RULES,
     ALERT_TESTS,
     ALERTMANAGER_CONFIG,
+    ALLOW_SKIP,
     DASHBOARDS,
     DEPLOY,
     PROMETHEUS_CONFIG,
@@ -32,6 +33,7 @@ from deploykit import (
     load_yaml,
     metric_names,
     run_tool,
+    tool,
 )
 
 from detector.metrics import Metrics
@@ -174,6 +176,29 @@ def test_pages_go_to_a_webhook_with_resolved_notifications() -> None:
     assert hooks and all(h["send_resolved"] for h in hooks)
     # The pager's address is set in one place (the compose stack's pager stand-in).
     assert all(h["url"].startswith("http://pager-stub:8080/") for h in hooks)
+
+
+@pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: r["alert"])
+def test_each_alert_routes_by_its_severity(rule: dict[str, Any]) -> None:
+    """amtool's own routing: pages to the on-call receiver, tickets to the team's."""
+    want = {"page": "oncall-pager", "ticket": "team-tickets"}[rule["labels"]["severity"]]
+    labels = [f"alertname={rule['alert']}", "rule_id=bot", *map("=".join, rule["labels"].items())]
+    out = run_tool(
+        "amtool", "config", "routes", "test", f"--config.file={ALERTMANAGER_CONFIG}", *labels
+    )
+    assert out.split()[0] == want
+
+
+def test_a_missing_program_fails_unless_skipping_is_allowed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.delenv(ALLOW_SKIP, raising=False)
+    with pytest.raises(pytest.fail.Exception, match="apt-get install prometheus"):
+        tool("promtool")
+    monkeypatch.setenv(ALLOW_SKIP, "1")
+    with pytest.raises(pytest.skip.Exception):
+        tool("promtool")
 
 
 # ----- Grafana -----
