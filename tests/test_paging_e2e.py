@@ -260,6 +260,8 @@ async def test_a_tripped_rule_pages_on_call_and_a_resume_resolves_the_page(
     ).signed(secret)
     await produce(broker.bootstrap, topics.commands, [resume.to_json()], [RULE.encode()])
     await wait_for(lambda: rule_state(worker) == "closed", 30, "the resume to be applied")
+    # Closed by the operator, not by a passed probe: the resume is what resolves the page.
+    assert worker.rules()[RULE]["reason"] == "operator_resume"
     try:
         await wait_for(lambda: bool(pages(pager_url, "resolved")), 30, "the resolved page")
     except AssertionError:
