@@ -428,6 +428,8 @@ async def test_errors_are_one_line_with_an_exit_code(plane: Plane) -> None:
     assert missing in ran.one_line_error() and "DETECTOR_TOPIC_RULE_STATE" in ran.err
     ran = await detector({**env, "DETECTOR_TOPIC_RULE_STATE": missing}, "ctl", "status")
     assert ran.rc == 2, "the first call created the topic"
+    ran = await detector({**env, "DETECTOR_TOPIC_RULE_STATE": missing}, "ctl", "watch")
+    assert ran.rc == 2 and missing in ran.one_line_error()
 
 
 async def test_no_answer_within_wait_is_its_own_exit_code(broker: EmbeddedBroker) -> None:

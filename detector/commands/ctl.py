@@ -624,6 +624,11 @@ async def watch(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{to_rfc3339(row['observed_at'])}  {row['event']}: {row.get('detail', '')}")
         sys.stdout.flush()
 
+    # A gate waits for a missing topic (a service may start before the detector);
+    # the command line says so at once instead.
+    await topicio.check_topic(
+        settings, settings.topic_rule_state, "DETECTOR_TOPIC_RULE_STATE", args.timeout
+    )
     gate = RuleGate.from_settings(settings, stale_after=args.stale_after, on_change=show)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -101,6 +101,12 @@ async def _consumer(
             await asyncio.wait_for(consumer.stop(), _STOP_SECONDS)
 
 
+async def check_topic(settings: Settings, topic: str, setting: str, timeout: float) -> None:
+    """Raise :class:`TopicMissingError` unless ``topic`` exists (without creating it)."""
+    async with _consumer(settings, topic, setting, timeout):
+        pass
+
+
 async def read_all(settings: Settings, topic: str, setting: str, timeout: float) -> list[Message]:
     """Every message of ``topic``, in topic order (by partition, then offset).
 
