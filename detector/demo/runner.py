@@ -506,6 +506,10 @@ class Demo:
         await asyncio.to_thread(write_decisions, decisions_path, self.traffic.decisions)
         s.files["events sent (replay with: detector backtest FILE)"] = str(events_path)
         s.files["every decision with its ground truth"] = str(decisions_path)
+        published_path = o.out / "published.jsonl.gz"
+        records = [r.to_json() for r in self.outcome.records]
+        await asyncio.to_thread(write_lines, published_path, records)
+        s.files["the worker's alerts and transitions, with evidence"] = str(published_path)
         s.files["summary"] = str(o.out / "summary.json")
         if self.webhook is not None:
             s.notes.append(f"{len(self.webhook.pages)} page(s) reached the webhook")
