@@ -5,9 +5,12 @@ kept in a bounded ring — at most ``ledger_max_per_rule`` entries, none older t
 ``ledger_horizon_seconds`` behind the watermark. When the detector trips a rule,
 the ledger lists the ring's deactivations since the incident's estimated onset,
 up to the pause; when a half-open probe ends, every deactivation during the probe
-(the rule was allowed to act again); and afterwards, any late arrival inside those
-windows. The trip ends when the rule is closed (or disabled) again; its windows
-stay open for late events for the engine's lateness, then the trip is forgotten.
+(the rule was allowed to act again); when a held stretch ends (the rule paused,
+until its probe or the end of the trip), every deactivation that was applied
+nonetheless — an enforcement service that had not yet heard of the pause, or that
+ignores it; and afterwards, any late arrival inside those windows. The trip ends
+when the rule is closed (or disabled) again; its windows stay open for late events
+for the engine's lateness, then the trip is forgotten.
 Each deactivation is listed once, whatever order the events and the decisions
 arrive in (the backtest hands over events in large slices, the daemon in small
 ones: both list the same accounts).
@@ -47,6 +50,8 @@ class Trip:
     reason: str
     probes: list[list[float]] = field(default_factory=list)
     """Half-open windows ``[start, end]`` (``end`` is ``inf`` while probing)."""
+    held: list[list[float]] = field(default_factory=list)
+    """Paused windows ``[start, end]``: the rule's deactivations should have been held."""
     ended_at: float | None = None
     truncated_before: float | None = None
 
@@ -55,9 +60,10 @@ class Trip:
         still under way is listed when it ends)."""
         if self.onset <= t < self.paused_at:
             return "incident"
-        for start, end in self.probes:
-            if start <= t < end and not math.isinf(end):
-                return "probe"
+        for windows, phase in ((self.probes, "probe"), (self.held, "held")):
+            for start, end in windows:
+                if start <= t < end and not math.isinf(end):
+                    return phase
         return None
 
     def summary(self) -> TripSummary:
@@ -82,6 +88,7 @@ class Trip:
             "paused_at": self.paused_at,
             "reason": self.reason,
             "probes": [[a, None if math.isinf(b) else b] for a, b in self.probes],
+            "held": [[a, None if math.isinf(b) else b] for a, b in self.held],
             "ended_at": self.ended_at,
             "truncated_before": self.truncated_before,
         }
@@ -96,6 +103,7 @@ class Trip:
             float(d["paused_at"]),
             str(d["reason"]),
             [[float(a), math.inf if b is None else float(b)] for a, b in d["probes"]],
+            [[float(a), math.inf if b is None else float(b)] for a, b in d.get("held", ())],
             None if d["ended_at"] is None else float(d["ended_at"]),
             None if d["truncated_before"] is None else float(d["truncated_before"]),
         )
@@ -167,12 +175,16 @@ class Ledger:
             elif trip is None or trip.ended_at is not None:
                 continue
             elif to == "half_open":
+                out += self._end_windows(trip, trip.held, rec.at, "held")
                 trip.probes.append([rec.at, math.inf])
-            elif to in _ENDS_TRIP or rec.from_state == "half_open":
-                out += self._end_probes(trip, rec.at)
-                if to in _ENDS_TRIP:
-                    trip.ended_at = rec.at
-                    out.append(trip.summary())
+            elif to in _ENDS_TRIP:
+                out += self._end_windows(trip, trip.probes, rec.at, "probe")
+                out += self._end_windows(trip, trip.held, rec.at, "held")
+                trip.ended_at = rec.at
+                out.append(trip.summary())
+            elif rec.from_state == "half_open":  # the probe failed: paused again
+                out += self._end_windows(trip, trip.probes, rec.at, "probe")
+                trip.held.append([rec.at, math.inf])
         return out
 
     def _start(self, rec: Record) -> list[AffectedAccount | TripSummary]:
@@ -183,6 +195,7 @@ class Ledger:
             onset = rec.at
         version = int(rec.evidence.get("state_version", 0))
         trip = Trip(trip_id(rule_id, version), rule_id, onset, rec.at, rec.reason)
+        trip.held.append([rec.at, math.inf])
         lost = self.lost_until.get(rule_id)
         if lost is not None and lost >= onset:
             trip.truncated_before = lost
@@ -197,9 +210,12 @@ class Ledger:
                 )
         return out
 
-    def _end_probes(self, trip: Trip, at: float) -> list[AffectedAccount | TripSummary]:
+    def _end_windows(
+        self, trip: Trip, windows: list[list[float]], at: float, phase: str
+    ) -> list[AffectedAccount | TripSummary]:
+        """Close the window still open in ``windows`` at ``at`` and list its entries."""
         out: list[AffectedAccount | TripSummary] = []
-        for window in trip.probes:
+        for window in windows:
             if math.isinf(window[1]):
                 window[1] = at
                 start = window[0]
@@ -207,7 +223,7 @@ class Ledger:
                     if start <= t < at:
                         out.append(
                             AffectedAccount(
-                                trip.trip_id, trip.rule_id, account_id, event_id, action, t, "probe"
+                                trip.trip_id, trip.rule_id, account_id, event_id, action, t, phase
                             )
                         )
         return out
@@ -217,7 +233,8 @@ class Ledger:
         out: list[AffectedAccount | TripSummary] = []
         for trip in self.trips.values():
             if trip.ended_at is None:
-                out += self._end_probes(trip, at)
+                out += self._end_windows(trip, trip.probes, at, "probe")
+                out += self._end_windows(trip, trip.held, at, "held")
         return out
 
     # ----- bounds -----

@@ -9,6 +9,7 @@ started is gone and every port it opened is closed.
 from __future__ import annotations
 
 import csv
+import gzip
 import os
 import re
 import signal
@@ -206,12 +207,34 @@ def test_demo_pauses_the_injected_rule_only_and_lists_exactly_the_affected_accou
 
     with (out / "affected-accounts.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    listed = {(r["account_id"], r["occurred_at"]) for r in rows}
+    listed = {(r["account_id"], r["occurred_at"]) for r in rows if r["phase"] == "incident"}
     assert {r["trip_id"] for r in rows} == {trip["trip_id"]}
     expected, wrongful = ground_truth_ledger("shift", SEED, onset, paused_at)
     assert wrongful, "the incident deactivated accounts before the pause"
     assert listed == expected
     assert wrongful <= {account for account, _ in listed}
+    # After the pause: what the enforcement service applied before it heard of the pause
+    # (wall-clock dependent, so taken from its log of decisions), until the resume.
+    published = list(
+        map(orjson.loads, gzip.decompress((out / "published.jsonl.gz").read_bytes()).splitlines())
+    )
+    resumed = next(
+        from_rfc3339(r["at"])
+        for r in published
+        if r["rule_id"] == INCIDENT_RULE and r["kind"] == "transition" and r["to"] == "closed"
+    )
+    applied_while_paused = {
+        d["event_id"]
+        for d in map(
+            orjson.loads, gzip.decompress((out / "decisions.jsonl.gz").read_bytes()).splitlines()
+        )
+        if d["rule_id"] == INCIDENT_RULE
+        and d["action"] in DEACTIVATIONS
+        and d["fate"] == "applied"
+        and paused_at <= d["occurred_at"] < resumed
+    }
+    assert applied_while_paused, "the gate took some time to hold the rule: the test sees it"
+    assert {r["event_id"] for r in rows if r["phase"] != "incident"} == applied_while_paused
 
     png = out / f"timeline-{INCIDENT_RULE}.png"
     assert png.read_bytes()[: len(PNG_MAGIC)] == PNG_MAGIC

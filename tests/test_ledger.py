@@ -68,6 +68,8 @@ def test_a_trip_lists_every_deactivation_of_the_window(traffic: Any, backtest: A
             want.add(("bot#1", d["event_id"], "incident"))
         elif any(a <= t < b for a, b in probes):
             want.add(("bot#1", d["event_id"], "probe"))
+        elif t >= paused:  # applied while paused: up to the end of the input
+            want.add(("bot#1", d["event_id"], "held"))
     got = accounts(backtest.ledger)
     assert got == want
     assert len([r for r in backtest.ledger if isinstance(r, AffectedAccount)]) == len(got)
@@ -108,10 +110,23 @@ def machine_ledger(msgs: list[IngestBatch], machine: StateMachine | None = None)
     return out
 
 
+def closed_windows(backtest: Any) -> set[tuple[str, str, str]]:
+    """The backtest's list without the window still open at the end of the input (the
+    backtest lists it when the input ends; the daemon's input never ends)."""
+    last = [r for r in backtest.records if r.is_transition and r.rule_id == "bot"][-1]
+    open_since = math.inf if last.to_state == "closed" else last.at
+    return {
+        (r.trip_id, r.event_id, r.phase)
+        for r in backtest.ledger
+        if isinstance(r, AffectedAccount) and (r.phase == "incident" or r.occurred_at < open_since)
+    }
+
+
 def test_the_daemon_lists_what_the_backtest_lists(traffic: Any, backtest: Any) -> None:
     msgs = batches(traffic[0], partitions=3, per_batch=97)
     got = machine_ledger(msgs)
-    assert accounts(got) == accounts(backtest.ledger)
+    assert {e[2] for e in accounts(got)} == {"incident", "probe", "held"}
+    assert accounts(got) == closed_windows(backtest)
     trips = [r for r in got if isinstance(r, TripSummary)]
     assert trips[0] == next(r for r in backtest.ledger if isinstance(r, TripSummary))
 
@@ -141,7 +156,7 @@ def test_a_restarted_machine_rebuilds_its_ledger_exactly(traffic: Any, backtest:
         r: list(q) for r, q in first.ledger.rings.items() if q
     }
     after = machine_ledger(msgs[cut:], restored)
-    assert accounts(before + after) == accounts(backtest.ledger)
+    assert accounts(before + after) == closed_windows(backtest)
 
 
 def hit(t: float, n: int) -> tuple[float, str, str, str]:
@@ -178,11 +193,15 @@ def test_late_and_probe_deactivations_are_listed_once() -> None:
     ledger.add("r", [hit(100.0, 1), hit(200.0, 2)], 0)
     out = ledger.on_records([trip("r", 150.0, 300.0)])
     assert [r.event_id for r in out if isinstance(r, AffectedAccount)] == ["e2"]
-    # Late arrival inside the incident window, and one after the pause (held: not listed).
+    # Late arrival inside the incident window, and one applied while paused (listed when
+    # the pause ends).
     out = ledger.add("r", [hit(250.0, 3), hit(320.0, 4)], 1)
     assert [r.event_id for r in out] == ["e3"]
     half = Record("r", 900.0, TRANSITION, "open", "half_open", "cooldown_elapsed", {})
-    assert ledger.on_records([half]) == []
+    assert [(r.event_id, r.phase) for r in ledger.on_records([half])] == [("e4", "held")]
+    assert [(r.event_id, r.phase) for r in ledger.add("r", [hit(330.0, 7)], 2)] == [
+        ("e7", "held")
+    ]  # late, inside the closed held window
     assert ledger.add("r", [hit(950.0, 5)], 2) == []  # listed when the probe ends
     closed = Record("r", 1200.0, TRANSITION, "half_open", "closed", "probe_passed", {})
     out = ledger.on_records([closed])

@@ -91,7 +91,7 @@ def workers(tmp_path: Path, broker: EmbeddedBroker) -> Iterator[list[WorkerProc]
 
 async def check_ledger(broker: EmbeddedBroker, topics: Topics, values: list[bytes]) -> None:
     """The daemon's affected-accounts ledger lists what the backtest's lists: the same
-    incident accounts, and of the probes those that ended."""
+    incident accounts, and of the probes and held stretches those that ended."""
     want = ledger_entries(Backtest(CONFIG, ledger=True).events(iter(values)).ledger)
     last: dict[bytes, Any] = {}
     for m in await read_topic(broker.bootstrap, topics.affected):
@@ -100,7 +100,7 @@ async def check_ledger(broker: EmbeddedBroker, topics: Topics, values: list[byte
     incident = {e for e in want if e[2] == "incident"}
     assert incident, "no trip: the test proves nothing"
     assert {e for e in got if e[2] == "incident"} == incident
-    assert {e for e in got if e[2] == "probe"} <= want
+    assert {e for e in got if e[2] in ("probe", "held")} <= want
 
 
 def ledger_entries(records: list[Any]) -> set[tuple[str, str, str]]:

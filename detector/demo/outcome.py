@@ -171,7 +171,8 @@ class LedgerCheck:
 
     expected: frozenset[str]
     """Event ids the ledger should list: each trip's rule's applied deactivations
-    from the trip's onset to its pause and during its half-open probes."""
+    from the trip's onset to its pause, during its half-open probes, and while it was
+    paused (applied before the enforcement service heard of the pause)."""
     listed: frozenset[str]
     wrongful_in_window: int
     """Of ``expected``, those the incident caused (the simulator's ground truth)."""
@@ -198,10 +199,14 @@ def expected_ledger(
     onset: float,
     paused_at: float,
     probes: Iterable[tuple[float, float]] = (),
+    ended_at: float | None = None,
 ) -> list[Decision]:
     """What the ledger contract says a trip lists (``detector.wire.affected``): the
-    rule's applied deactivations in ``[onset, paused_at)`` and in each probe window."""
-    windows = [(onset, paused_at), *probes]
+    rule's applied deactivations from ``onset`` to the end of the trip (``ended_at``),
+    whether before the pause, in a probe or while paused; for a trip not ended, up to
+    the end of its last probe (the stretch after it is listed when it ends)."""
+    end = ended_at if ended_at is not None else max([paused_at, *(b for _, b in probes)])
+    windows = [(onset, end)]
     return [
         d
         for d in decisions
@@ -223,7 +228,8 @@ def check_ledger(
     trip summary when the worker wrote one, else from the trip's transition."""
     onset = summary.onset if summary is not None else trip.onset
     paused_at = summary.paused_at if summary is not None else trip.paused_at
-    want = expected_ledger(decisions, trip.rule_id, onset, paused_at, probes)
+    ended_at = summary.ended_at if summary is not None else None
+    want = expected_ledger(decisions, trip.rule_id, onset, paused_at, probes, ended_at)
     return LedgerCheck(
         expected=frozenset(d.event_id for d in want),
         listed=frozenset(a.event_id for a in listed),

@@ -1,8 +1,9 @@
 """The affected-accounts ledger (topic ``detector.affected``, compacted).
 
 For every trip (a rule paused by the detector), the accounts the rule deactivated
-or suspended between the estimated onset of the incident and the pause, and
-while a half-open probe let the rule act again. Two kinds of record:
+or suspended between the estimated onset of the incident and the pause, while a
+half-open probe let the rule act again, and while it was paused yet still acted.
+Two kinds of record:
 
 An account (key ``TRIP_ID/EVENT_ID``)::
 
@@ -10,8 +11,11 @@ An account (key ``TRIP_ID/EVENT_ID``)::
      "account_id": "u-829", "event_id": "e-1203", "action": "deactivate_account",
      "occurred_at": "2026-03-01T11:58:41Z", "phase": "incident"}
 
-``phase`` is ``incident`` (between onset and pause) or ``probe`` (during a
-half-open probe). The event id is what a reinstatement reverses
+``phase`` is ``incident`` (between onset and pause), ``probe`` (during a
+half-open probe: the rule was allowed to act again) or ``held`` (while the rule was
+paused: the decision should have been held, yet it was applied — an enforcement
+service that had not heard of the pause yet, or ignores it). The event id is what a
+reinstatement reverses
 (``reverses_event_id``). Shadow-mode decisions were never applied and are not
 listed.
 
@@ -43,7 +47,7 @@ import orjson
 from detector.errors import ContractError
 from detector.wire.timefmt import from_rfc3339, to_rfc3339
 
-PHASES: Final = ("incident", "probe")
+PHASES: Final = ("incident", "probe", "held")
 
 
 def trip_id(rule_id: str, version: int) -> str:
