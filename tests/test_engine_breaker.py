@@ -336,3 +336,32 @@ def test_run_helper_agrees_with_replay() -> None:
     _, a = run(trained("spam"), [SPAM], 2.0, incidents=[TENURED])
     _, b = spam_run()
     assert a == b
+
+
+def test_an_operator_resume_of_the_global_view_forgets_the_trips_behind_the_halt() -> None:
+    # Rules that tripped during a global halt (their probes failed while it held) must not
+    # halt everything again right after the operator lifts it: the operator has seen them.
+    engine = Engine.restore(trained(), CFG)
+    at = TRAINED + 30
+    engine.command(GLOBAL_RULE_ID, Trigger.OPERATOR_PAUSE, at, OPERATOR)
+    engine.recent_trips = [(at, "rule-001"), (at, "rule-003"), (at, "rule-005")]
+    engine.command(GLOBAL_RULE_ID, Trigger.OPERATOR_RESUME, at + 60, OPERATOR)
+    # The next tick on which anything happens looks at the recent trips again.
+    engine._many_rules(len(engine._out), engine.now + 5)
+    assert engine._drain() == []
+    glob = engine.state_of(GLOBAL_RULE_ID)
+    assert glob is not None and glob.state == State.CLOSED
+
+
+def test_rules_held_by_the_global_halt_are_not_silent_and_learn_nothing() -> None:
+    # The enforcement service holds every rule's decisions: the detector sees nothing.
+    engine = Engine.restore(trained(), CFG)
+    engine.command(GLOBAL_RULE_ID, Trigger.OPERATOR_PAUSE, TRAINED + 30, OPERATOR)
+    before = {r: rule.s.baseline.n for r, rule in engine.rules.items()}
+    records = feed(engine, [], TRAINED, TRAINED + 2 * HOUR)
+    assert [r for r in records if r.reason == "silent"] == []
+    assert {r: rule.s.baseline.n for r, rule in engine.rules.items()} == before
+    # Once the halt is lifted, silence is a signal again.
+    engine.command(GLOBAL_RULE_ID, Trigger.OPERATOR_RESUME, TRAINED + 2 * HOUR, OPERATOR)
+    records = feed(engine, [], TRAINED + 2 * HOUR, TRAINED + 4 * HOUR)
+    assert {r.rule_id for r in records if r.reason == "silent"}

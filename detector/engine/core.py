@@ -353,9 +353,10 @@ class Engine:
         here = position(start + p.bucket_s / 2)
         glob = self.glob
         closing = [self.rules[r] for r in self._order]
+        held = glob is not None and glob.s.state in PAUSED
         for rule in [*closing, glob] if glob is not None else closing:
             x, mu, disp = rule.s.x, rule.s.mu, rule.s.disp
-            score = rule.close_bucket(end, here)
+            score = rule.close_bucket(end, here, held and rule is not glob)
             if hook is not None:
                 hook(BucketScore(rule.s.rule_id, start, x, mu, disp, score))
         self.bucket += 1
@@ -390,6 +391,10 @@ class Engine:
         self._target(rule_id, now).command(
             trigger, now, {**evidence, "issued_at": to_rfc3339(at)}, grace_seconds
         )
+        if rule_id == GLOBAL_RULE_ID and trigger == Trigger.OPERATOR_RESUME:
+            # The operator has seen the trips behind the halt: they must not halt
+            # everything again the moment it is lifted.
+            self.recent_trips = []
         self._track(mark)
         return self._drain()
 

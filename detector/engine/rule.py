@@ -678,9 +678,11 @@ class RuleDetector:
             and mk.decayed_total(bucket, p.cfg.makeup_half_life_buckets) >= p.cfg.makeup_min_events
         )
 
-    def close_bucket(self, at: float, pos: Position) -> float:
+    def close_bucket(self, at: float, pos: Position, held: bool = False) -> float:
         """End the open bucket (``at``: its end, ``pos``: its midpoint's profile position).
 
+        ``held``: the global halt held every rule's decisions during the bucket; what is
+        missing then is no sign of silence, and nothing to learn the baseline from.
         Returns the bucket's anomaly score in [0, 1].
         """
         s, p = self.s, self.p
@@ -701,14 +703,15 @@ class RuleDetector:
             if max(s.charts) >= p.h_chart:
                 self._judge(x, m, at, partial=False)
             self._reversal_test(at)
-            self._silence_test(x, m, c, at)
+            if not held:
+                self._silence_test(x, m, c, at)
             self._clear_surge_alerts(x, m, g_bucket)
         elif s.alerts and s.warm and x < cfg.warmup_cap_per_bucket:
             s.alerts = [a for a in s.alerts if a not in SURGE_ALERTS]
         if watched:
             self._version_chart(x)
         n, out, eout = self.current_makeup()
-        if s.state in (State.CLOSED, State.DISABLED, State.SHADOW):
+        if s.state in (State.CLOSED, State.DISABLED, State.SHADOW) and not held:
             # Learn from every bucket outside alerted episodes, with the count clipped
             # at the top of the expected band: a spike moves the baseline little, and a
             # lasting shift is still learned (excluding buckets instead biases a sparse
