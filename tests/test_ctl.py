@@ -310,7 +310,7 @@ async def test_affected_lists_the_trips_ledger_as_the_ground_truth(plane: Plane)
     want = {(a.event_id, a.phase) for a in backtest if isinstance(a, AffectedAccount)}
     got = {(r["event_id"], r["phase"]) for r in rows}
     assert {e for e in got if e[1] == "incident"} == {e for e in want if e[1] == "incident"}
-    assert {e for e in got if e[1] == "probe"} <= want
+    assert {e for e in got if e[1] != "incident"} <= want  # probes and held stretches that ended
     # ... each row names the account the simulated event deactivated ...
     events = {d["event_id"]: d for d in map(orjson.loads, plane.values)}
     for r in rows:

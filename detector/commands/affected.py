@@ -23,8 +23,8 @@ DESCRIPTION = """\
 Reads the affected-accounts ledger (DETECTOR_TOPIC_AFFECTED, compacted; the
 last record of each key counts) and lists the deactivations of TRIP_ID: the
 accounts the rule deactivated between the incident's estimated onset and the
-pause, and during half-open probes. A trip id is RULE#VERSION; 'detector ctl
-status RULE' shows a tripped rule's version.
+pause, during half-open probes, and while it was paused yet still acted. A trip
+id is RULE#VERSION; 'detector ctl status RULE' shows a rule's last trip.
 
 Without --format the list is a table for people; --format csv or jsonl writes
 one row per deactivation (to --output, or standard output), and --json one JSON
@@ -41,7 +41,8 @@ examples:
   detector affected 'bot.automation#99'    unknown trip: exit 4, names the known ones
 
 CSV columns: trip_id, rule_id, account_id, event_id, action, occurred_at, phase
-(incident: between onset and pause; probe: during a half-open probe).
+(incident: between onset and pause; probe: during a half-open probe; held: while
+the rule was paused, yet the enforcement service applied the decision).
 
 exit codes: 0 done; 2 bad usage or configuration; 3 broker did not answer in
 time; 4 unknown trip.
