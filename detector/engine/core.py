@@ -353,7 +353,9 @@ class Engine:
         here = position(start + p.bucket_s / 2)
         glob = self.glob
         closing = [self.rules[r] for r in self._order]
-        held = glob is not None and glob.s.state in PAUSED
+        # While the global view is paused or probing, every rule's decisions are held or
+        # run in shadow: what the rules apply is missing on purpose.
+        held = glob is not None and (glob.s.state in PAUSED or glob.s.state == State.HALF_OPEN)
         for rule in [*closing, glob] if glob is not None else closing:
             x, mu, disp = rule.s.x, rule.s.mu, rule.s.disp
             score = rule.close_bucket(end, here, held and rule is not glob)

@@ -681,8 +681,9 @@ class RuleDetector:
     def close_bucket(self, at: float, pos: Position, held: bool = False) -> float:
         """End the open bucket (``at``: its end, ``pos``: its midpoint's profile position).
 
-        ``held``: the global halt held every rule's decisions during the bucket; what is
-        missing then is no sign of silence, and nothing to learn the baseline from.
+        ``held``: the global halt held every rule's decisions during the bucket (or ran
+        them in shadow); what is missing then is no sign of silence, and nothing to learn
+        the baseline from.
         Returns the bucket's anomaly score in [0, 1].
         """
         s, p = self.s, self.p
