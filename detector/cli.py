@@ -20,8 +20,10 @@ sharply from its own baseline.
 
 EPILOG = """\
 examples:
+  detector demo                                    the whole product in two minutes
   detector backtest --sample --plot out/plots      replay the bundled sample incident
-  detector backtest actions.jsonl.gz --transitions t.jsonl --scores s.csv
+  detector backtest actions.jsonl.gz --transitions t.jsonl --ledger affected.jsonl
+  DETECTOR_BROKER=kafka://kafka:9092 detector worker   run the daemon
   detector backtest --counts history.csv           tune on warehouse counts
   detector simulate --out sample.jsonl.gz          write simulated enforcement actions
   detector ctl status                              the state of every rule (ctl --help)

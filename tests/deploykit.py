@@ -2,10 +2,11 @@
 the metric names a PromQL expression reads, and Markdown anchors.
 
 The Prometheus programs come from Debian's packages ``prometheus`` (prometheus,
-promtool) and ``prometheus-alertmanager`` (alertmanager, amtool); ``.ci/run``
-installs them. A missing program FAILS the test that needs it, naming the package to
-install, so that CI cannot pass by skipping; set ``DETECTOR_ALLOW_SKIP=1`` to skip those
-tests instead on a machine without them (a laptop without the packages).
+promtool) and ``prometheus-alertmanager`` (alertmanager, amtool); ``make test``
+(``scripts/system-deps``) installs them. A missing program FAILS the test that needs
+it, naming the package to install, so that CI cannot pass by skipping; set
+``DETECTOR_ALLOW_SKIP=1`` to skip those tests instead on a machine without them (a
+laptop without the packages).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def tool(name: str) -> str:
             return found
     message = (
         f"{name} is not installed: apt-get install {PACKAGES.get(name, name)} "
-        f"(.ci/run installs it on a fresh machine; {ALLOW_SKIP}=1 skips instead)"
+        f"(`make test` installs it with scripts/system-deps; {ALLOW_SKIP}=1 skips instead)"
     )
     if os.environ.get(ALLOW_SKIP) == "1":
         pytest.skip(message)

@@ -128,6 +128,8 @@ class StateStage:
         self.stream: Any = None
         """Offset of the last message the table's checkpoint covers."""
         self.lock = asyncio.Lock()
+        self.stated: set[str] = set()
+        """Rules whose state metric is set."""
 
     # ----- lifecycle -----
     def on_assignment_changed(self) -> None:
@@ -175,6 +177,17 @@ class StateStage:
 
     def _on_bucket(self, b: BucketScore) -> None:
         m = self.metrics
+        if b.rule_id not in self.stated:
+            # A rule's state series exists from its first bucket, not its first transition.
+            self.stated.add(b.rule_id)
+            machine = self.machine
+            if machine is not None:
+                glob = machine.engine.glob
+                rule = machine.engine.rules.get(b.rule_id)
+                if rule is None and glob is not None and glob.s.rule_id == b.rule_id:
+                    rule = glob
+                if rule is not None:
+                    m.set_rule_state(b.rule_id, rule.s.state)
         m.rule_observed.labels(rule_id=b.rule_id).set(b.observed)
         m.rule_expected.labels(rule_id=b.rule_id).set(b.expected)
         m.rule_band_upper.labels(rule_id=b.rule_id).set(
