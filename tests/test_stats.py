@@ -275,3 +275,9 @@ def test_poisson_statistic_on_overdispersed_counts_breaks_the_bound() -> None:
     sample = sample_counts(np.random.default_rng(11), m, c)
     assert tail_frequency(sample, m, 0.0, h) > 3 * math.exp(-h)
     assert tail_frequency(sample, m, c, h) <= math.exp(-h)
+
+
+def test_could_exceed_at_rounding_level() -> None:
+    # Found by hypothesis: glr_up rounds to ~1e-16 where the true value is ~1e-33.
+    x, m = 1.0, 0.9999999999999999
+    assert could_exceed(x, m, glr_up(x, m, 0.0))

@@ -54,8 +54,8 @@ def could_exceed(x: float, m: float, h: float) -> bool:
     The Poisson deviance bounds the negative-binomial one, and is itself bounded
     by ``(x - m)^2 / m``; checking this first avoids logarithms on quiet ticks.
     """
-    if h <= 0:
-        return True
+    if h <= 1e-9 * (1.0 + x):
+        return True  # at the level of glr_up's own rounding (x log(x/m) - (x - m) cancels)
     d = x - m
     return d > 0 and d * d >= h * m
 
