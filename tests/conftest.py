@@ -14,15 +14,24 @@ per test) so that the session broker stays healthy for the others.
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections.abc import Awaitable, Iterator, Mapping
 from typing import Protocol
 
 import pytest
+from hypothesis import settings
 
 from detector.broker import EmbeddedBroker
 from detector.topics import TopicSpec, create_topics
+
+# Property tests draw the same examples on every run of the test command (a red build
+# is then reproducible, and not a matter of luck); HYPOTHESIS_PROFILE=explore draws new
+# ones, to hunt for edge cases.
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.register_profile("explore")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 BROKER_FIXTURES = {"broker", "fresh_broker", "new_topic"}
 
