@@ -101,7 +101,8 @@ class Aggregator:
             if shadow:
                 agg.shadow += 1
             elif self.hits:
-                agg.hits.append((t, event_id, account_id, action))
+                # A list while aggregating (Hits only where read off the wire).
+                agg.hits.append((t, event_id, account_id, action))  # type: ignore[attr-defined]
         elif action in REVERSALS:
             agg.reversals += 1
         else:

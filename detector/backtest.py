@@ -152,7 +152,7 @@ class Backtest:
         engine, ledger = self.engine, self.ledger
         for agg in self.agg.drain():
             if ledger is not None and agg.hits:
-                self.result.ledger += ledger.add(agg.rule_id, agg.hits, 0)
+                self.result.ledger += ledger.add_tick(agg, 0)
                 agg.hits = []
             engine.add(agg)
         self._emit(engine.advance(self.agg.watermark))

@@ -15,6 +15,11 @@ Each deactivation is listed once, whatever order the events and the decisions
 arrive in (the backtest hands over events in large slices, the daemon in small
 ones: both list the same accounts).
 
+A ring holds each aggregate's hits as one chunk, as they came (the state stage
+leaves them undecoded: :class:`detector.wire.aggregates.Hits`); only the chunks of a
+rule in a trip are ever read. Chunks leave the ring whole when they pass the
+horizon, and the oldest hits one by one when a rule passes its bound.
+
 Like the engine, the ledger is pure: no clock, no I/O. Its rings are not part
 of its snapshot (they can be large); the snapshot records the aggregates offset
 from which they can be rebuilt (:attr:`Ledger.rebuild_from`), and the state
@@ -25,16 +30,33 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from detector.config import EngineConfig
 from detector.wire.affected import AffectedAccount, TripSummary, trip_id
+from detector.wire.aggregates import RuleTick
 from detector.wire.records import Record
 from detector.wire.timefmt import from_rfc3339
 
 Hit = tuple[float, str, str, str]
 """One deactivation: (event time, event id, account id, action)."""
+
+
+class Chunk(NamedTuple):
+    """The hits of one rule from one aggregate, kept together."""
+
+    lo: float
+    """No hit is earlier than this (event time)."""
+    hi: float
+    """No hit is later than this."""
+    hits: Sequence[Hit]
+    offset: int
+    """The aggregates offset that brought them."""
+    n: int
+    """How many."""
+
 
 _ENDS_TRIP = ("closed", "disabled")
 
@@ -109,10 +131,6 @@ class Trip:
         )
 
 
-Entry = tuple[float, str, str, str, int]
-"""A ring entry: a :data:`Hit` and the aggregates offset that brought it."""
-
-
 class Ledger:
     """Recent deactivations per rule, and the ledger records of trips."""
 
@@ -120,7 +138,10 @@ class Ledger:
         self.horizon = config.ledger_horizon_seconds
         self.max_per_rule = config.ledger_max_per_rule
         self.lateness = config.lateness_seconds
-        self.rings: dict[str, deque[Entry]] = {}
+        self.tick_seconds = float(config.tick_seconds)
+        self.rings: dict[str, deque[Chunk]] = {}
+        self.counts: dict[str, int] = {}
+        """Per rule: the hits its ring holds."""
         self.lost_until: dict[str, float] = {}
         """Per rule: the latest event time of an entry the ring had to drop."""
         self.trips: dict[str, Trip] = {}
@@ -133,31 +154,75 @@ class Ledger:
     def add(
         self,
         rule_id: str,
-        hits: list[Any],
+        hits: Sequence[Hit],
         offset: int,
         emit: bool = True,
+        span: tuple[float, float] | None = None,
+        n: int | None = None,
     ) -> list[AffectedAccount]:
         """Remember a rule's deactivations (from the aggregates message at ``offset``);
         returns ledger records for those inside a current trip's window (a rebuild
-        passes ``emit=False``)."""
+        passes ``emit=False``). ``span`` bounds their event times and ``n`` counts them
+        (both are worked out from ``hits`` when not given, which reads them)."""
         self.position = max(self.position, offset)
+        trip = self.trips.get(rule_id) if emit else None
+        if span is None or n is None:
+            listed = list(hits)
+            if not listed:
+                return []
+            hits, n = listed, len(listed)
+            if span is None:
+                span = (min(h[0] for h in listed), max(h[0] for h in listed))
         ring = self.rings.get(rule_id)
         if ring is None:
             ring = self.rings[rule_id] = deque()
+        ring.append(Chunk(span[0], span[1], hits, offset, n))
+        self.counts[rule_id] = self.counts.get(rule_id, 0) + n
+        if self.counts[rule_id] > self.max_per_rule:
+            self._bound(rule_id, ring)
+        if trip is None:
+            return []
         out: list[AffectedAccount] = []
-        trip = self.trips.get(rule_id) if emit else None
         for t, event_id, account_id, action in hits:
-            if len(ring) >= self.max_per_rule:
-                self._lose(rule_id, ring.popleft()[0])
-            ring.append((t, event_id, account_id, action, offset))
-            if trip is not None:
-                phase = trip.phase(t)
-                if phase is not None:
-                    out.append(
-                        AffectedAccount(
-                            trip.trip_id, rule_id, account_id, event_id, action, t, phase
-                        )
-                    )
+            phase = trip.phase(t)
+            if phase is not None:
+                out.append(
+                    AffectedAccount(trip.trip_id, rule_id, account_id, event_id, action, t, phase)
+                )
+        return out
+
+    def add_tick(self, agg: RuleTick, offset: int, emit: bool = True) -> list[AffectedAccount]:
+        """:meth:`add` for an aggregate's hits, without reading them: they lie in its
+        tick, and there is one for each deactivation not decided in shadow."""
+        start = agg.tick * self.tick_seconds
+        n = max(0, round(agg.deactivations - agg.shadow))
+        return self.add(agg.rule_id, agg.hits, offset, emit, (start, start + self.tick_seconds), n)
+
+    def _bound(self, rule_id: str, ring: deque[Chunk]) -> None:
+        """Drop the rule's oldest hits until it holds at most ``max_per_rule``."""
+        excess = self.counts[rule_id] - self.max_per_rule
+        while excess > 0 and ring:
+            first = ring[0]
+            if first.n <= excess:
+                ring.popleft()
+                self._lose(rule_id, first.hi)
+                excess -= first.n
+                self.counts[rule_id] -= first.n
+                continue
+            hits = list(first.hits)
+            dropped, kept = hits[:excess], hits[excess:]
+            self._lose(rule_id, max(h[0] for h in dropped))
+            ring[0] = Chunk(min(h[0] for h in kept), first.hi, kept, first.offset, len(kept))
+            self.counts[rule_id] -= excess
+            excess = 0
+
+    def _listed(self, rule_id: str, start: float, end: float) -> list[tuple[float, str, str, str]]:
+        """The rule's hits in ``[start, end)``, reading only the chunks that may hold some."""
+        out = []
+        for chunk in self.rings.get(rule_id, ()):
+            if chunk.hi < start or chunk.lo >= end:
+                continue
+            out += [h for h in chunk.hits if start <= h[0] < end]
         return out
 
     def on_records(self, records: list[Record]) -> list[AffectedAccount | TripSummary]:
@@ -201,13 +266,10 @@ class Ledger:
             trip.truncated_before = lost
         self.trips[rule_id] = trip
         out: list[AffectedAccount | TripSummary] = [trip.summary()]
-        for t, event_id, account_id, action, _ in self.rings.get(rule_id, ()):
-            if onset <= t < rec.at:
-                out.append(
-                    AffectedAccount(
-                        trip.trip_id, rule_id, account_id, event_id, action, t, "incident"
-                    )
-                )
+        for t, event_id, account_id, action in self._listed(rule_id, onset, rec.at):
+            out.append(
+                AffectedAccount(trip.trip_id, rule_id, account_id, event_id, action, t, "incident")
+            )
         return out
 
     def _end_windows(
@@ -218,14 +280,12 @@ class Ledger:
         for window in windows:
             if math.isinf(window[1]):
                 window[1] = at
-                start = window[0]
-                for t, event_id, account_id, action, _ in self.rings.get(trip.rule_id, ()):
-                    if start <= t < at:
-                        out.append(
-                            AffectedAccount(
-                                trip.trip_id, trip.rule_id, account_id, event_id, action, t, phase
-                            )
+                for t, event_id, account_id, action in self._listed(trip.rule_id, window[0], at):
+                    out.append(
+                        AffectedAccount(
+                            trip.trip_id, trip.rule_id, account_id, event_id, action, t, phase
                         )
+                    )
         return out
 
     def finish(self, at: float) -> list[AffectedAccount | TripSummary]:
@@ -242,8 +302,10 @@ class Ledger:
         """Forget what is older than the horizon, and trips past their late events."""
         cutoff = watermark - self.horizon
         for rule_id, ring in self.rings.items():
-            while ring and ring[0][0] < cutoff:
-                self._lose(rule_id, ring.popleft()[0])
+            while ring and ring[0].hi < cutoff:
+                first = ring.popleft()
+                self.counts[rule_id] -= first.n
+                self._lose(rule_id, first.hi)
         done = [
             r
             for r, trip in self.trips.items()
@@ -259,13 +321,13 @@ class Ledger:
     @property
     def rebuild_from(self) -> int:
         """The aggregates offset from which re-feeding rebuilds the rings exactly."""
-        oldest = [ring[0][4] for ring in self.rings.values() if ring]
+        oldest = [ring[0].offset for ring in self.rings.values() if ring]
         return min(oldest) if oldest else self.position + 1
 
     @property
     def size(self) -> int:
-        """Entries held, over all rules."""
-        return sum(len(ring) for ring in self.rings.values())
+        """Hits held, over all rules."""
+        return sum(self.counts.values())
 
     # ----- persistence -----
     def snapshot(self) -> dict[str, Any]:

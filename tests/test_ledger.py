@@ -150,7 +150,7 @@ def test_a_restarted_machine_rebuilds_its_ledger_exactly(traffic: Any, backtest:
     for offset in range(ledger.rebuilt_from, restored.position + 1):
         for agg in IngestBatch.from_json(msgs[offset].to_json()).aggregates:
             if agg.hits:
-                ledger.add(agg.rule_id, agg.hits, offset, False)
+                ledger.add_tick(agg, offset, False)
     ledger.prune(wm)
     assert {r: list(q) for r, q in ledger.rings.items() if q} == {
         r: list(q) for r, q in first.ledger.rings.items() if q
@@ -177,8 +177,10 @@ def trip(rule: str, onset: float, at: float, version: int = 1) -> Record:
 
 def test_memory_is_bounded_and_a_truncated_list_says_so() -> None:
     ledger = Ledger(EngineConfig(ledger_max_per_rule=100, ledger_horizon_seconds=600))
-    ledger.add("r", [hit(1000.0 + i, i) for i in range(250)], 0)
-    assert len(ledger.rings["r"]) == 100
+    ledger.add("r", [hit(1000.0 + i, i) for i in range(200)], 0)
+    ledger.add("r", [hit(1200.0 + i, 200 + i) for i in range(50)], 1)
+    assert ledger.size == 100
+    assert [h[1] for c in ledger.rings["r"] for h in c.hits] == [f"e{i}" for i in range(150, 250)]
     out = ledger.on_records([trip("r", 1000.0, 1300.0)])
     summary = out[0]
     assert isinstance(summary, TripSummary)

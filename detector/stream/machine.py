@@ -111,7 +111,7 @@ class StateMachine:
                 engine, ledger = self.engine, self.ledger
                 for agg in batch.aggregates:
                     if agg.hits:
-                        out.ledger += ledger.add(agg.rule_id, agg.hits, offset)
+                        out.ledger += ledger.add_tick(agg, offset)
                         agg.hits = []  # the engine keeps aggregates a while: not these
                     if not engine.add(agg):
                         out.late.append(agg)

@@ -341,7 +341,7 @@ class StateStage:
                 continue
             for agg in batch.aggregates:
                 if agg.hits:
-                    ledger.add(agg.rule_id, agg.hits, msg.offset, False)
+                    ledger.add_tick(agg, msg.offset, False)
         ledger.position = machine.position
         wm = machine.watermark()
         if wm is not None:

@@ -8,12 +8,63 @@ pre-aggregation in the ingest stage invisible to the engine's decisions.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import msgspec
 
 from detector.errors import ContractError
+
+Hit = tuple[float, str, str, str]
+"""One applied deactivation: (event time, event id, account id, action)."""
+
+
+class Hits(Sequence[Hit]):
+    """A tick's hits as they came on the wire, decoded only when read.
+
+    The state stage keeps every rule's recent hits for the affected-accounts ledger but
+    reads them only for a rule in a trip: decoding them all on arrival would cost the
+    hot path more than everything else it does with them.
+    """
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+    def decode(self) -> list[Hit]:
+        """The hits, as a list."""
+        hits: list[Hit] = _HITS_DECODER.decode(self.raw)
+        return hits
+
+    def __iter__(self) -> Iterator[Hit]:
+        return iter(self.decode())
+
+    def __len__(self) -> int:
+        return len(self.decode())
+
+    @overload
+    def __getitem__(self, i: int) -> Hit: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Hit]: ...
+    def __getitem__(self, i: int | slice) -> Hit | Sequence[Hit]:
+        return self.decode()[i]
+
+    def __bool__(self) -> bool:
+        return self.raw != b"[]"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Hits):
+            return self.raw == other.raw
+        if isinstance(other, list):
+            return self.decode() == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Hits({self.raw[:60]!r}...)"
 
 
 @dataclass(slots=True)
@@ -34,9 +85,10 @@ class RuleTick:
     """Deactivation targets per make-up cell."""
     versions: list[str] = field(default_factory=list)
     """Rule versions seen in the tick, in order of first appearance."""
-    hits: list[tuple[float, str, str, str]] = field(default_factory=list)
+    hits: Sequence[Hit] = field(default_factory=list)
     """Applied deactivations ``(event time, event id, account id, action)``, when the
-    ingest lists them (for the affected-accounts ledger; the engine ignores them)."""
+    ingest lists them (for the affected-accounts ledger; the engine ignores them). A
+    list where they are collected; :class:`Hits` where they were read off the wire."""
 
     def merge(self, other: RuleTick) -> None:
         """Add another aggregate of the same rule and tick into this one."""
@@ -50,7 +102,8 @@ class RuleTick:
         for v in other.versions:
             if v not in self.versions:
                 self.versions.append(v)
-        self.hits.extend(other.hits)
+        if other.hits:
+            self.hits = [*self.hits, *other.hits]
 
     def copy(self) -> RuleTick:
         """An independent copy (containers included)."""
@@ -133,12 +186,37 @@ class IngestBatch:
 
     @classmethod
     def from_json(cls, raw: bytes) -> IngestBatch:
-        """Inverse of :meth:`to_json` (typed decoding in C); raises :class:`ContractError`."""
+        """Inverse of :meth:`to_json` (typed decoding in C; the hits are left undecoded,
+        see :class:`Hits`); raises :class:`ContractError`."""
         try:
-            batch: IngestBatch = _BATCH_DECODER.decode(raw)
+            w: _BatchWire = _BATCH_DECODER.decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise ContractError("invalid_value", "batch", f"bad ingest batch: {exc}") from None
-        return batch
+        return cls(
+            w.partition,
+            w.lo,
+            w.hi,
+            w.watermark,
+            w.active,
+            [
+                RuleTick(
+                    a.rule_id,
+                    a.tick,
+                    a.deactivations,
+                    a.reversals,
+                    a.shadow,
+                    a.other,
+                    a.cells,
+                    a.versions,
+                    Hits(bytes(a.hits)),
+                )
+                for a in w.aggregates
+            ],
+            w.rejected,
+            w.newest_append_ms,
+            w.partitions,
+            w.oldest_append_ms,
+        )
 
 
 COMMANDS_KEY = b"commands"
@@ -179,6 +257,42 @@ class CommandBatch:
         return batch
 
 
-_ENCODER = msgspec.json.Encoder()
-_BATCH_DECODER = msgspec.json.Decoder(IngestBatch)
+class _TickWire(msgspec.Struct):
+    """:class:`RuleTick` as decoded: the hits kept as raw JSON."""
+
+    rule_id: str
+    tick: int
+    deactivations: float = 0.0
+    reversals: float = 0.0
+    shadow: float = 0.0
+    other: float = 0.0
+    cells: dict[str, float] = {}
+    versions: list[str] = []
+    hits: msgspec.Raw = msgspec.Raw(b"[]")
+
+
+class _BatchWire(msgspec.Struct):
+    """:class:`IngestBatch` as decoded."""
+
+    partition: int
+    lo: int | None
+    hi: int | None
+    watermark: float | None
+    active: bool
+    aggregates: list[_TickWire] = []
+    rejected: int = 0
+    newest_append_ms: int | None = None
+    partitions: int = 1
+    oldest_append_ms: int | None = None
+
+
+def _encode_hook(obj: Any) -> Any:
+    if isinstance(obj, Hits):
+        return msgspec.Raw(obj.raw)
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=_encode_hook)
+_BATCH_DECODER = msgspec.json.Decoder(_BatchWire)
+_HITS_DECODER = msgspec.json.Decoder(list[tuple[float, str, str, str]])
 _COMMANDS_DECODER = msgspec.json.Decoder(CommandBatch)
