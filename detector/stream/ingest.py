@@ -116,11 +116,12 @@ class Ingest:
                 continue  # revoked meanwhile: its next owner reads from the committed offset
             self.last_record[tp.partition] = now
             self.metrics.events_consumed.labels(partition=str(tp.partition)).inc(len(msgs))
-            for i, m in enumerate(msgs, 1):
-                batcher.add(m, now)
+            i, n = 0, len(msgs)
+            while i < n:
+                i = batcher.add_many(msgs, i, min(n, i + YIELD_EVERY), now)
                 if batcher.must_cut():
                     await self.flush(tp.partition)
-                elif i % YIELD_EVERY == 0:
+                else:
                     # Let aiokafka's fetcher (same event loop) ask for the next records
                     # while these are processed: otherwise every poll waits a round trip.
                     await asyncio.sleep(0)
