@@ -40,9 +40,9 @@ def batches_one_at_a_time(recs: list[RawRecord], **kw: int) -> list[tuple[bytes,
         b.add(rec, NOW)
         if b.must_cut():
             batch, dead = b.cut()
-            out.append((batch.to_json(), [d.reason for d in dead]))
+            out.append((batch.to_bytes(), [d.reason for d in dead]))
     batch, dead = b.cut()
-    return [*out, (batch.to_json(), [d.reason for d in dead])]
+    return [*out, (batch.to_bytes(), [d.reason for d in dead])]
 
 
 def batches_many_at_a_time(
@@ -55,9 +55,9 @@ def batches_many_at_a_time(
         i = b.add_many(recs, i, min(len(recs), i + step), NOW)
         if b.must_cut():
             batch, dead = b.cut()
-            out.append((batch.to_json(), [d.reason for d in dead]))
+            out.append((batch.to_bytes(), [d.reason for d in dead]))
     batch, dead = b.cut()
-    return [*out, (batch.to_json(), [d.reason for d in dead])]
+    return [*out, (batch.to_bytes(), [d.reason for d in dead])]
 
 
 @pytest.mark.parametrize("step", [1, 7, 1000])

@@ -144,7 +144,7 @@ class Driver:
     def feed(self, msgs: list[IngestBatch]) -> None:
         for b in msgs:
             offset = self.machine.position + 1
-            applied = self.machine.apply(IngestBatch.from_json(b.to_json()), offset)
+            applied = self.machine.apply(IngestBatch.from_bytes(b.to_bytes()), offset)
             self.audits += applied.audits
             self.records += applied.records
 

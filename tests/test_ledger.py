@@ -106,7 +106,7 @@ def machine_ledger(msgs: list[IngestBatch], machine: StateMachine | None = None)
     machine = machine or StateMachine(CONFIG)
     out: list[Any] = []
     for offset, batch in enumerate(msgs, machine.position + 1):
-        out += machine.apply(IngestBatch.from_json(batch.to_json()), offset).ledger
+        out += machine.apply(IngestBatch.from_bytes(batch.to_bytes()), offset).ledger
     return out
 
 
@@ -148,7 +148,7 @@ def test_a_restarted_machine_rebuilds_its_ledger_exactly(traffic: Any, backtest:
     wm = restored.watermark()
     assert wm is not None
     for offset in range(ledger.rebuilt_from, restored.position + 1):
-        for agg in IngestBatch.from_json(msgs[offset].to_json()).aggregates:
+        for agg in IngestBatch.from_bytes(msgs[offset].to_bytes()).aggregates:
             if agg.hits:
                 ledger.add_tick(agg, offset, False)
     ledger.prune(wm)

@@ -168,7 +168,7 @@ class Ingest:
         await asyncio.gather(*marks)
         sent = [await self._dead_letter(dead) for _, _, dead in cuts if dead]
         sent += [
-            await send(s.topic_aggregates, str(p).encode(), b.to_json(), 0, None, None)
+            await send(s.topic_aggregates, str(p).encode(), b.to_bytes(), 0, None, None)
             for p, b, _ in cuts
         ]
         await asyncio.gather(*sent)
@@ -196,7 +196,7 @@ class Ingest:
             batcher.idle_advance(min(elapsed, 2 * HEARTBEAT_SECONDS))
         batch, _ = batcher.cut(active=active)
         await self.producer.send_and_wait(
-            self.settings.topic_aggregates, str(partition).encode(), batch.to_json(), 0, None, None
+            self.settings.topic_aggregates, str(partition).encode(), batch.to_bytes(), 0, None, None
         )
         self.last_heartbeat[partition] = now
         self.metrics.batches.labels(kind="heartbeat").inc()

@@ -243,7 +243,7 @@ class StateStage:
             if key == COMMANDS_KEY:
                 commands = CommandBatch.from_json(value or b"")
             else:
-                batch = IngestBatch.from_json(value or b"")
+                batch = IngestBatch.from_bytes(value or b"")
         except ContractError as exc:
             log.error(
                 "unreadable aggregates message skipped", extra={"offset": offset, "error": str(exc)}
@@ -336,7 +336,7 @@ class StateStage:
             if msg.key == COMMANDS_KEY:
                 continue
             try:
-                batch = IngestBatch.from_json(msg.value or b"")
+                batch = IngestBatch.from_bytes(msg.value or b"")
             except ContractError:
                 continue
             for agg in batch.aggregates:

@@ -20,6 +20,10 @@ Hit = tuple[float, str, str, str]
 """One applied deactivation: (event time, event id, account id, action)."""
 
 
+_NO_HITS = b"\x90"
+"""An empty MessagePack array."""
+
+
 class Hits(Sequence[Hit]):
     """A tick's hits as they came on the wire, decoded only when read.
 
@@ -52,7 +56,7 @@ class Hits(Sequence[Hit]):
         return self.decode()[i]
 
     def __bool__(self) -> bool:
-        return self.raw != b"[]"
+        return self.raw != _NO_HITS
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Hits):
@@ -180,13 +184,15 @@ class IngestBatch:
     oldest_append_ms: int | None = None
     """Kafka timestamp of the batch's oldest record (its events waited longest)."""
 
-    def to_json(self) -> bytes:
-        """Wire form: JSON, keyed by field name (msgspec writes it from the dataclasses)."""
-        return _ENCODER.encode(self)
+    def to_bytes(self) -> bytes:
+        """Wire form: MessagePack, a map keyed by field name (msgspec writes it from the
+        dataclasses). Not JSON: this internal message carries every deactivation's ids,
+        and MessagePack writes them twice as fast."""
+        return _BATCH_ENCODER.encode(self)
 
     @classmethod
-    def from_json(cls, raw: bytes) -> IngestBatch:
-        """Inverse of :meth:`to_json` (typed decoding in C; the hits are left undecoded,
+    def from_bytes(cls, raw: bytes) -> IngestBatch:
+        """Inverse of :meth:`to_bytes` (typed decoding in C; the hits are left undecoded,
         see :class:`Hits`); raises :class:`ContractError`."""
         try:
             w: _BatchWire = _BATCH_DECODER.decode(raw)
@@ -268,7 +274,7 @@ class _TickWire(msgspec.Struct):
     other: float = 0.0
     cells: dict[str, float] = {}
     versions: list[str] = []
-    hits: msgspec.Raw = msgspec.Raw(b"[]")
+    hits: msgspec.Raw = msgspec.Raw(b"\x90")  # MessagePack's empty array
 
 
 class _BatchWire(msgspec.Struct):
@@ -292,7 +298,8 @@ def _encode_hook(obj: Any) -> Any:
     raise NotImplementedError(f"cannot encode {type(obj).__name__}")
 
 
-_ENCODER = msgspec.json.Encoder(enc_hook=_encode_hook)
-_BATCH_DECODER = msgspec.json.Decoder(_BatchWire)
-_HITS_DECODER = msgspec.json.Decoder(list[tuple[float, str, str, str]])
+_ENCODER = msgspec.json.Encoder()
+_BATCH_ENCODER = msgspec.msgpack.Encoder(enc_hook=_encode_hook)
+_BATCH_DECODER = msgspec.msgpack.Decoder(_BatchWire)
+_HITS_DECODER = msgspec.msgpack.Decoder(list[tuple[float, str, str, str]])
 _COMMANDS_DECODER = msgspec.json.Decoder(CommandBatch)
