@@ -45,6 +45,7 @@ from typing import Any, Final
 import orjson
 
 from detector.errors import ContractError
+from detector.wire.jsonobj import load_object
 from detector.wire.timefmt import from_rfc3339, to_rfc3339
 
 PHASES: Final = ("incident", "probe", "held")
@@ -131,12 +132,7 @@ class TripSummary:
 
 def parse_ledger_record(raw: bytes) -> AffectedAccount | TripSummary:
     """Parse either kind of ledger record; raises :class:`ContractError`."""
-    try:
-        d = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ContractError("not_json", None, "not valid JSON") from None
-    if not isinstance(d, dict):
-        raise ContractError("not_object", None, "expected a JSON object")
+    d = load_object(raw)
     try:
         if d["kind"] == "account":
             phase = str(d["phase"])

@@ -35,6 +35,7 @@ from typing import Any, Final
 import orjson
 
 from detector.errors import ContractError
+from detector.wire.jsonobj import load_object
 from detector.wire.timefmt import from_rfc3339, to_rfc3339
 
 KINDS: Final = ("transition", "alert", "command")
@@ -77,12 +78,7 @@ class AuditRecord:
     @classmethod
     def from_json(cls, raw: bytes) -> AuditRecord:
         """Parse the wire form; raises :class:`ContractError` naming a bad field."""
-        try:
-            d = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise ContractError("not_json", None, "not valid JSON") from None
-        if not isinstance(d, dict):
-            raise ContractError("not_object", None, "expected a JSON object")
+        d = load_object(raw)
         try:
             kind, outcome = str(d["kind"]), str(d["outcome"])
             if kind not in KINDS:

@@ -27,6 +27,7 @@ import orjson
 
 from detector.errors import ContractError
 from detector.wire.affected import AffectedAccount
+from detector.wire.jsonobj import load_object
 from detector.wire.timefmt import from_rfc3339, to_rfc3339
 
 FIELDS: Final = (
@@ -102,12 +103,7 @@ class ReinstatementRequest:
         """Parse the wire form; raises :class:`ContractError` naming a bad field."""
         if raw is None:
             raise ContractError("missing_field", None, "empty message")
-        try:
-            d = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise ContractError("not_json", None, "not valid JSON") from None
-        if not isinstance(d, dict):
-            raise ContractError("not_object", None, "expected a JSON object")
+        d = load_object(raw)
         texts: dict[str, str] = {}
         for name in FIELDS:
             value = d.get(name)

@@ -23,6 +23,7 @@ import orjson
 
 from detector.engine.breaker import GATE, State
 from detector.errors import ContractError
+from detector.wire.jsonobj import load_object
 from detector.wire.records import Record
 from detector.wire.timefmt import from_rfc3339, to_rfc3339
 
@@ -85,12 +86,7 @@ class RuleStateMessage:
     @classmethod
     def from_json(cls, raw: bytes) -> RuleStateMessage:
         """Parse the wire form; raises :class:`ContractError` naming a bad field."""
-        try:
-            d = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise ContractError("not_json", None, f"not valid JSON: {exc}") from None
-        if not isinstance(d, dict):
-            raise ContractError("not_object", None, "expected a JSON object")
+        d = load_object(raw)
         try:
             state = State(d["state"])
             return cls(
