@@ -25,6 +25,7 @@ import asyncio
 import math
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -153,9 +154,9 @@ def consumed(port: int) -> float:
         return 0.0
 
 
-def start_worker(settings_env: dict[str, str], workdir: Path) -> tuple[object, int]:
-    import subprocess
-
+def start_worker(
+    settings_env: dict[str, str], workdir: Path
+) -> tuple[subprocess.Popen[bytes], int]:
     from detector.broker import free_port
 
     port = free_port()
@@ -172,7 +173,7 @@ def start_worker(settings_env: dict[str, str], workdir: Path) -> tuple[object, i
 
 async def worker_rate(
     bootstrap: str, names: dict[str, str], expect: int, workdir: Path
-) -> tuple[float, object, int]:
+) -> tuple[float, subprocess.Popen[bytes], int]:
     env = {
         "DETECTOR_BROKER": f"kafka://{bootstrap}",
         "DETECTOR_SESSION_TIMEOUT": "2",
@@ -184,6 +185,10 @@ async def worker_rate(
     first = last = None
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"the worker exited with code {proc.returncode} (see {workdir}/worker.log)"
+            )
         n = consumed(port)
         now = time.perf_counter()
         if n > 0 and first is None:
@@ -261,7 +266,7 @@ async def latency_run(
 
 async def measure(
     broker: EmbeddedBroker, label: str, values: list[bytes], repeat: int, work: Path
-) -> tuple[float, float, object, int]:
+) -> tuple[float, float, subprocess.Popen[bytes], int]:
     """Raw-loop and worker rates on ``values`` (own topics); returns the running worker."""
     app = f"bench-{label}"
     settings = Settings(
@@ -293,6 +298,11 @@ async def measure(
     }
     (work / label).mkdir()
     rate, proc, port = await worker_rate(broker.bootstrap, names, n, work / label)
+    print(
+        f"{label}: raw loop {', '.join(f'{r:,.0f}' for r in raw)} events/s "
+        f"(median {raw[len(raw) // 2]:,.0f}); worker {rate:,.0f} events/s",
+        file=sys.stderr,
+    )
     return raw[len(raw) // 2], rate, proc, port
 
 
@@ -313,8 +323,8 @@ async def main_async(args: argparse.Namespace) -> int:
                 broker.bootstrap, "bench-stream.actions", rate / 2, args.latency_seconds, port
             )
         finally:
-            proc.terminate()  # type: ignore[attr-defined]
-            proc.wait(60)  # type: ignore[attr-defined]
+            proc.terminate()
+            proc.wait(60)
         rows.append(
             (
                 f"a large platform's stream ({len(stream):,} actions, 200 rules, "
@@ -325,8 +335,8 @@ async def main_async(args: argparse.Namespace) -> int:
         )
         if history is not None:
             h_raw, h_rate, h_proc, _ = await measure(broker, "history", history, args.repeat, work)
-            h_proc.terminate()  # type: ignore[attr-defined]
-            h_proc.wait(60)  # type: ignore[attr-defined]
+            h_proc.terminate()
+            h_proc.wait(60)
             rows.append(
                 (
                     f"replaying history ({len(history):,} actions of the sample "

@@ -11,11 +11,25 @@ their bucket is already closed) or that would drag time forward absurdly
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+import msgspec
 
 from detector.config import EngineConfig
 from detector.wire.aggregates import RuleTick
-from detector.wire.events import DEACTIVATIONS, REVERSALS, Event, target_cell
+from detector.wire.events import (
+    DEACTIVATIONS,
+    GLOBAL_RULE_ID,
+    MAX_EPOCH,
+    MAX_EVENT_BYTES,
+    MIN_EPOCH,
+    PLAIN_DECODER,
+    REVERSALS,
+    Event,
+    plain_time,
+    target_cell,
+)
 
 
 @dataclass
@@ -37,6 +51,13 @@ class Aggregator:
     def __post_init__(self) -> None:
         self._tick_s = self.config.tick_seconds
         self._max_future = self.config.max_future_seconds if self.guard else math.inf
+        self._forget_tick()
+
+    def _forget_tick(self) -> None:
+        """Empty the fast path's cache: the last event's tick ``[lo, hi)`` and that tick's
+        aggregates by rule (entries of ``ticks``, found without building a key)."""
+        self._tick, self._tick_lo, self._tick_hi = 0, 0.0, 0.0
+        self._tick_rules: dict[str, RuleTick] = {}
 
     def check(self, occurred_at: float) -> str | None:
         """Why an event at this time cannot be counted, or ``None`` if it can."""
@@ -45,79 +66,107 @@ class Aggregator:
             return None
         if occurred_at > wm + self._max_future:
             return "future"
-        if occurred_at < self._closed_before():
+        if occurred_at < self._closed_before(wm):
             return "too_late"
         return None
+
+    def add_raw(
+        self,
+        values: Sequence[bytes | None],
+        start: int,
+        stop: int,
+        t_min: float = -math.inf,
+        t_max: float = math.inf,
+    ) -> int:
+        """Count encoded events ``values[start:stop]`` for as long as each is plainly valid
+        (the fast path of :mod:`detector.wire.events`), has its time in ``[t_min, t_max]``
+        and is accepted by this aggregator. Returns the index of the first value not
+        taken (``stop`` when all were): the caller judges that one with the full
+        validator (:func:`~detector.wire.events.parse_event`, then :meth:`add`, which
+        gives the reason if it is refused) and goes on from the next, so events are
+        counted in their order whichever path takes them.
+
+        This is the innermost loop of both drivers: one call for many events, flat.
+        """
+        decode = PLAIN_DECODER.decode
+        ticks, tick_s, max_future = self.ticks, self._tick_s, self._max_future
+        list_hits, guard = self.hits, self.guard
+        wm, first, accepted = self.watermark, self.first, self.accepted
+        tick, lo, hi, rules = self._tick, self._tick_lo, self._tick_hi, self._tick_rules
+        i = start
+        while i < stop:
+            raw = values[i]
+            if raw is None or len(raw) > MAX_EVENT_BYTES:
+                break
+            try:
+                ev = decode(raw)
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                break
+            ts = ev.occurred_at
+            if type(ts) is float and MIN_EPOCH <= ts < MAX_EPOCH:
+                t = ts
+            else:
+                maybe = plain_time(ts)
+                if maybe is None:
+                    break
+                t = maybe
+            if t < t_min or t > t_max or ev.rule_id == GLOBAL_RULE_ID:
+                break
+            if t > wm:
+                if t > wm + max_future and wm != -math.inf:
+                    break  # future
+                wm = t
+            elif t < wm and guard and t < self._closed_before(wm):
+                break  # too late (ties with the watermark never are: no call for them)
+            if not lo <= t < hi:  # another tick than the last event's
+                tick = int(t // tick_s)
+                lo, hi, rules = tick * tick_s, (tick + 1) * tick_s, {}
+            rule_id = ev.rule_id
+            agg = rules.get(rule_id)
+            if agg is None:
+                agg = ticks.get((rule_id, tick))
+                if agg is None:
+                    agg = ticks[rule_id, tick] = RuleTick(rule_id, tick)
+                rules[rule_id] = agg
+            action = ev.action
+            if action in DEACTIVATIONS:
+                agg.deactivations += 1
+                cells = agg.cells
+                cell = target_cell(ev.account_age_days, ev.account_prior_strikes, ev.region)
+                cells[cell] = cells.get(cell, 0.0) + 1
+                if ev.shadow:
+                    agg.shadow += 1
+                elif list_hits:
+                    agg.hits.append((t, ev.event_id, ev.account_id, action))  # type: ignore[attr-defined]
+            elif action in REVERSALS:
+                agg.reversals += 1
+            else:
+                agg.other += 1
+            version = ev.rule_version
+            if version is not None and version not in agg.versions:
+                agg.versions.append(version)
+            accepted += 1
+            if t < first:
+                first = t
+            i += 1
+        self.watermark, self.first, self.accepted = wm, first, accepted
+        self._tick, self._tick_lo, self._tick_hi, self._tick_rules = tick, lo, hi, rules
+        return i
 
     def add(self, ev: Event) -> str | None:
-        """Count one event; returns a rejection reason instead when it cannot be counted."""
-        cell = (
-            target_cell(ev.account_age_days, ev.account_prior_strikes, ev.region)
-            if ev.action in DEACTIVATIONS
-            else None
-        )
-        return self.add_fields(
-            ev.occurred_at,
-            ev.rule_id,
-            ev.action,
-            cell,
-            ev.rule_version,
-            ev.shadow,
-            ev.event_id,
-            ev.account_id,
-        )
-
-    def add_fields(
-        self,
-        t: float,
-        rule_id: str,
-        action: str,
-        cell: str | None,
-        version: str | None,
-        shadow: bool,
-        event_id: str = "",
-        account_id: str = "",
-    ) -> str | None:
-        """:meth:`add` for the fields of :func:`~detector.wire.events.fast_fields`
-        (``cell`` is ``None`` for actions that are not deactivations).
-
-        This is the replay's innermost loop: keep it flat.
-        """
-        wm = self.watermark
-        if t > wm:
-            if t > wm + self._max_future and wm != -math.inf:
-                return "future"
-            self.watermark = t
-        elif t < wm and self.guard and t < self._closed_before():
-            # (Ties with the watermark are common and never late: no call for them.)
-            return "too_late"
-        key = (rule_id, int(t // self._tick_s))
-        agg = self.ticks.get(key)
-        if agg is None:
-            agg = self.ticks[key] = RuleTick(rule_id, key[1])
-        if cell is not None:
-            agg.deactivations += 1
-            cells = agg.cells
-            cells[cell] = cells.get(cell, 0.0) + 1
-            if shadow:
-                agg.shadow += 1
-            elif self.hits:
-                # A list while aggregating (Hits only where read off the wire).
-                agg.hits.append((t, event_id, account_id, action))  # type: ignore[attr-defined]
-        elif action in REVERSALS:
-            agg.reversals += 1
-        else:
-            agg.other += 1
-        if version is not None and version not in agg.versions:
-            agg.versions.append(version)
-        self.accepted += 1
-        if t < self.first:
-            self.first = t
+        """Count one validated event; returns a rejection reason instead when it cannot be
+        counted. The slow path, for events :meth:`add_raw` declined in their original
+        form (it takes any valid event in the form :meth:`Event.to_json` writes)."""
+        reason = self.check(ev.occurred_at)
+        if reason is not None:
+            return reason
+        if self.add_raw((ev.to_json(),), 0, 1) != 1:
+            raise ValueError(f"not a valid event: {ev!r}")
         return None
 
-    def _closed_before(self) -> float:
-        """Event times before this belong to buckets the engine has closed."""
-        wm = self.watermark
+    def _closed_before(self, wm: float) -> float:
+        """Event times before this belong to buckets the engine has closed, when the
+        watermark is ``wm``."""
         if wm == -math.inf or not self.guard:
             return -math.inf
         cfg = self.config
@@ -143,4 +192,5 @@ class Aggregator:
         """Hand over everything aggregated so far (in tick, then rule order)."""
         out = [self.ticks[k] for k in sorted(self.ticks, key=lambda k: (k[1], k[0]))]
         self.ticks = {}
+        self._forget_tick()
         return out

@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -29,7 +30,7 @@ from detector.engine.core import BucketScore, Engine
 from detector.errors import ContractError, DetectorError
 from detector.ledger import Ledger
 from detector.wire.affected import AffectedAccount, TripSummary
-from detector.wire.events import fast_fields, parse_event
+from detector.wire.events import parse_event
 from detector.wire.records import Record
 from detector.wire.timefmt import from_rfc3339, to_rfc3339
 
@@ -176,38 +177,40 @@ class Backtest:
         started = time.perf_counter()
         res = self.result
         agg = self.agg
-        add_fields = agg.add_fields
-        consumed = 0
-        line_no = 0
-        for line_no, raw in enumerate(lines, 1):
-            consumed += len(raw)
-            # Hot path: decode, take the plain shape quickly; anything else gets the full
-            # validator, whose error names the field.
-            fields = fast_fields(raw)
-            if fields is not None:
-                reason = add_fields(*fields)
-                t = fields[0]
-            else:
-                line = raw.rstrip(b"\r\n")
-                if not line.strip():
-                    continue
-                try:
-                    ev = parse_event(line)
-                except ContractError as exc:
-                    self._reject(line_no, exc.reason, str(exc), line)
-                    continue
-                reason = agg.add(ev)
-                t = ev.occurred_at
-            if reason is not None:
-                self._reject(line_no, reason, f"event time {to_rfc3339(t)} is {reason}", raw)
-            if line_no % FLUSH_EVERY == 0:
-                self._flush()
-                if progress is not None:
-                    progress(consumed)
+        line_no = consumed = 0
+        while chunk := list(islice(lines, FLUSH_EVERY)):
+            consumed += sum(map(len, chunk))
+            # Hot path: the aggregator takes plainly valid lines in bulk; it stops at any
+            # other, which the full validator judges (its error names the field).
+            i, n = 0, len(chunk)
+            while i < n:
+                i = agg.add_raw(chunk, i, n)
+                if i < n:
+                    self._add_one(line_no + i + 1, chunk[i])
+                    i += 1
+            line_no += n
+            self._flush()
+            if progress is not None:
+                progress(consumed)
         res.lines = line_no
         if agg.accepted:
             res.first_event, res.last_event = agg.first, agg.watermark
         return self._finish(started)
+
+    def _add_one(self, line_no: int, raw: bytes) -> None:
+        """The slow path for one line the fast path declined."""
+        line = raw.rstrip(b"\r\n")
+        if not line.strip():
+            return
+        try:
+            ev = parse_event(line)
+        except ContractError as exc:
+            self._reject(line_no, exc.reason, str(exc), line)
+            return
+        reason = self.agg.add(ev)
+        if reason is not None:
+            t = to_rfc3339(ev.occurred_at)
+            self._reject(line_no, reason, f"event time {t} is {reason}", raw)
 
     def counts(self, rows: Iterator[str], progress: Progress | None = None) -> BacktestResult:
         """Replay CSV rows ``timestamp,rule_id,count`` (with that header)."""

@@ -5,14 +5,17 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from detector.aggregate import Aggregator
 from detector.config import EngineConfig
-from detector.stream.batcher import PartitionBatcher, RawRecord
+from detector.errors import ContractError
+from detector.stream.batcher import PartitionBatcher, RawRecord, TimeGuards
+from detector.wire.events import parse_event
 
 T0 = 1_767_571_200.0
 NOW = T0 + 60.0
 
 
-def records(n: int) -> list[RawRecord]:
+def records(n: int, gap_after: int | None = None) -> list[RawRecord]:
     """Valid events, with bad ones in between: not JSON, no value, far in the future."""
     out = []
     for i in range(n):
@@ -29,7 +32,8 @@ def records(n: int) -> list[RawRecord]:
             value = b"{not json"
         elif i % 13 == 7:
             value = None
-        out.append(RawRecord("actions", 0, 100 + i, None, value, 1_000 + i))
+        offset = 100 + i + (10 if gap_after is not None and i > gap_after else 0)
+        out.append(RawRecord("actions", 0, offset, None, value, 1_000 + i))
     return out
 
 
@@ -83,3 +87,76 @@ def test_a_full_batch_takes_no_more() -> None:
     batch, _ = b.cut()
     assert (batch.lo, batch.hi) == (100, 109)
     assert b.add_many(recs, 10, 25, NOW) == 20
+
+
+Summary = tuple[int | None, int | None, float | None, list[dict[str, object]], list[str]]
+
+
+def reference(
+    recs: list[RawRecord], max_records: int = 20_000, force_cut_at: int | None = None
+) -> list[Summary]:
+    """The batches, restated plainly: one record at a time through the full validator,
+    cut when full, or at the first record at or past the forced boundary."""
+    guards, agg = TimeGuards(), Aggregator(EngineConfig(), guard=False, hits=True)
+    out: list[Summary] = []
+    lo = hi = wm = None
+    dead: list[str] = []
+    count = 0
+
+    def cut() -> None:
+        nonlocal lo, hi, dead, count
+        out.append((lo, hi, wm, [t.to_dict() for t in agg.drain()], dead))
+        lo = hi = None
+        dead, count = [], 0
+
+    for rec in recs:
+        lo = rec.offset if lo is None else lo
+        hi, count = rec.offset, count + 1
+        try:
+            ev = parse_event(rec.value if rec.value is not None else b"")
+        except ContractError:
+            dead.append("not_json")
+        else:
+            reason = guards.check(ev.occurred_at, NOW)
+            if reason is not None:
+                dead.append(reason)
+            else:
+                agg.add(ev)
+                wm = ev.occurred_at if wm is None else max(wm, ev.occurred_at)
+        if count >= max_records or (force_cut_at is not None and hi >= force_cut_at):
+            force_cut_at = None
+            cut()
+    cut()
+    return out
+
+
+def summaries(batches: list[tuple[bytes, list[str]]]) -> list[Summary]:
+    from detector.wire.aggregates import IngestBatch
+
+    out: list[Summary] = []
+    for raw, dead in batches:
+        b = IngestBatch.from_bytes(raw)
+        ticks = [t.to_dict() for t in b.aggregates]
+        out.append((b.lo, b.hi, b.watermark, ticks, dead))
+    return out
+
+
+@pytest.mark.parametrize("step", [1, 7, 1000])
+@pytest.mark.parametrize(
+    ("kw", "gap_after"),
+    [
+        ({}, None),
+        ({"max_records": 10}, None),
+        ({"force_cut_at": 123}, None),
+        ({"force_cut_at": 123}, 20),  # the boundary falls in a gap of the offsets
+        ({"force_cut_at": 105}, 1),
+        ({"force_cut_at": 90}, None),  # the boundary is before the first record
+    ],
+)
+def test_batches_are_what_one_record_at_a_time_through_the_full_validator_gives(
+    step: int, kw: dict[str, int], gap_after: int | None
+) -> None:
+    recs = records(60, gap_after)
+    got = summaries(batches_many_at_a_time(recs, step, **kw))
+    assert got == reference(recs, **kw)
+    assert sum(len(ticks) for _, _, _, ticks, _ in got) > 10

@@ -221,15 +221,27 @@ def test_late_and_probe_deactivations_are_listed_once() -> None:
     assert isinstance(out[0], TripSummary) and out[0].trip_id == "r#5"
 
 
-def test_shadow_decisions_are_not_listed() -> None:
+@pytest.mark.parametrize("path", ["fast", "full"])
+def test_shadow_decisions_are_not_listed(path: str) -> None:
     from detector.aggregate import Aggregator
+    from detector.wire.events import Event
 
+    t0 = 1_700_000_000.0
+    events = [
+        Event("e1", t0, "r", "deactivate_account", "a1", region="DE", shadow=True),
+        Event("e2", t0 + 1, "r", "deactivate_account", "a2", region="DE"),
+        Event("e3", t0 + 2, "r", "warn", "a3"),
+    ]
     agg = Aggregator(CONFIG, hits=True)
-    agg.add_fields(10.0, "r", "deactivate_account", "new|0|DE", None, True, "e1", "a1")
-    agg.add_fields(11.0, "r", "deactivate_account", "new|0|DE", None, False, "e2", "a2")
-    agg.add_fields(12.0, "r", "warn", None, None, False, "e3", "a3")
+    if path == "fast":
+        values = [ev.to_json() for ev in events]
+        assert agg.add_raw(values, 0, len(values)) == len(values)
+    else:
+        for ev in events:
+            assert agg.add(ev) is None
     (tick,) = agg.drain()
-    assert tick.hits == [(11.0, "e2", "a2", "deactivate_account")]
+    assert tick.hits == [(t0 + 1, "e2", "a2", "deactivate_account")]
+    assert (tick.deactivations, tick.shadow, tick.other) == (2, 1, 1)
     assert RuleTick.from_dict(orjson.loads(orjson.dumps(tick.to_dict()))).hits == tick.hits
 
 

@@ -259,14 +259,12 @@ def event_from_obj(obj: Any) -> Event:
 # ----- the fast path ---------------------------------------------------------------------------
 # Replaying history (~300,000 events per second per core) and ingesting a large platform's
 # stream cannot afford building an ``Event`` with the checks above, several microseconds per
-# event. ``fast_fields`` decodes and type-checks in C (msgspec, against the Struct below, which
-# states the same contract), then checks the rest; anything it does not accept is handed to
+# event. The fast path (:meth:`detector.aggregate.Aggregator.add_raw`) decodes and type-checks
+# in C (msgspec, against :class:`PlainEvent`, which states the same contract), then checks the
+# rest (:func:`plain_time`); anything it does not take is handed to
 # :func:`parse_event`, which accepts it or says what is wrong. So errors always come from the
-# full validator, and tests/test_events.py checks that both paths accept the same events.
-
-QuickFields = tuple[float, str, str, str | None, str | None, bool, str, str]
-"""``(occurred_at, rule_id, action, cell or None, rule_version, shadow, event_id,
-account_id)``; the cell is ``None`` for actions that are not deactivations."""
+# full validator, and tests/test_fast_path.py checks that both paths count the same events
+# the same way.
 
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
 _Action = Literal[
@@ -280,8 +278,11 @@ _Action = Literal[
 ]
 
 
-class _Wire(msgspec.Struct):
-    """The contract as a msgspec type (unknown fields ignored, ``null`` = absent)."""
+class PlainEvent(msgspec.Struct, gc=False):
+    """The contract as a msgspec type (unknown fields ignored, ``null`` = absent).
+
+    Decoding checks types and lengths; the time's format and bounds, and the reserved
+    rule id ``*``, are left to the fast path's caller."""
 
     event_id: _Id
     occurred_at: str | float
@@ -298,7 +299,9 @@ class _Wire(msgspec.Struct):
     shadow: bool | None = None
 
 
-_DECODER = msgspec.json.Decoder(_Wire)
+PLAIN_DECODER: Final = msgspec.json.Decoder(PlainEvent)
+"""Decodes JSON into :class:`PlainEvent`; raises ``msgspec.ValidationError`` or
+``msgspec.DecodeError`` for anything else (then ask :func:`parse_event`)."""
 _MINUTES: dict[str, int] = {}
 _MAX_MINUTES = 4096
 
@@ -317,7 +320,10 @@ def _minute(prefix: str) -> int | None:
     return base
 
 
-def _fast_time(ts: str | float) -> float | None:
+def plain_time(ts: str | float) -> float | None:
+    """``occurred_at`` of a :class:`PlainEvent` as epoch seconds, when it is a number or
+    RFC 3339 UTC text (``...Z``, whole seconds or milliseconds) within the accepted years;
+    ``None`` for anything else (:func:`parse_event` then decides)."""
     if type(ts) is float:
         t = ts
     elif type(ts) is str:
@@ -338,40 +344,3 @@ def _fast_time(ts: str | float) -> float | None:
     else:
         return None
     return t if MIN_EPOCH <= t < MAX_EPOCH else None
-
-
-def fast_fields(raw: bytes) -> QuickFields | None:
-    """What the aggregator needs from a plainly valid event, or ``None`` to ask
-    :func:`parse_event` (which either accepts the event or says what is wrong)."""
-    if len(raw) > MAX_EVENT_BYTES:
-        return None
-    try:
-        ev = _DECODER.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        return None
-    t = _fast_time(ev.occurred_at)
-    if t is None or ev.rule_id == GLOBAL_RULE_ID:
-        return None
-    action = ev.action
-    cell = None
-    if action in DEACTIVATIONS:
-        age = ev.account_age_days
-        strikes = ev.account_prior_strikes
-        band = (
-            "?"
-            if age is None
-            else (
-                "new"
-                if age < 7
-                else "young"
-                if age < 90
-                else "established"
-                if age < 730
-                else "tenured"
-            )
-        )
-        sband = (
-            "?" if strikes is None else ("0" if strikes == 0 else "1-2" if strikes < 3 else "3+")
-        )
-        cell = f"{band}|{sband}|{ev.region or '?'}"
-    return t, ev.rule_id, action, cell, ev.rule_version, bool(ev.shadow), ev.event_id, ev.account_id
