@@ -304,19 +304,20 @@ PLAIN_DECODER: Final = msgspec.json.Decoder(PlainEvent)
 ``msgspec.DecodeError`` for anything else (then ask :func:`parse_event`)."""
 _MINUTES: dict[str, int] = {}
 _MAX_MINUTES = 4096
+_SECONDS: Final = {f"{i:02d}": i for i in range(60)}
+_MILLIS: Final = {f"{i:03d}": i for i in range(1000)}
+"""Two and three ASCII digits to their value: checked and parsed by one lookup."""
 
 
 def _minute(prefix: str) -> int | None:
     """Epoch of ``YYYY-MM-DDTHH:MM`` (UTC), validated once and cached."""
-    base = _MINUTES.get(prefix)
-    if base is None:
-        try:
-            base = int(from_rfc3339(prefix + ":00Z"))
-        except ValueError:
-            return None
-        if len(_MINUTES) >= _MAX_MINUTES:
-            _MINUTES.clear()
-        _MINUTES[prefix] = base
+    try:
+        base = int(from_rfc3339(prefix + ":00Z"))
+    except ValueError:
+        return None
+    if len(_MINUTES) >= _MAX_MINUTES:
+        _MINUTES.clear()
+    _MINUTES[prefix] = base
     return base
 
 
@@ -330,17 +331,20 @@ def plain_time(ts: str | float) -> float | None:
         n = len(ts)
         if (n != 20 and n != 24) or ts[n - 1] != "Z" or ts[10] != "T" or ts[16] != ":":
             return None
-        base = _minute(ts[:16])
-        sec = ts[17:19]
-        if base is None or not (sec.isdigit() and sec.isascii()) or sec > "59":
+        prefix = ts[:16]
+        base = _MINUTES.get(prefix)
+        if base is None:
+            base = _minute(prefix)
+        sec = _SECONDS.get(ts[17:19])
+        if base is None or sec is None:
             return None
         if n == 24:
-            ms = ts[20:23]
-            if ts[19] != "." or not (ms.isdigit() and ms.isascii()):
+            ms = _MILLIS.get(ts[20:23])
+            if ms is None or ts[19] != ".":
                 return None
-            t = ((base + int(sec)) * 1000 + int(ms)) / 1000
+            t = ((base + sec) * 1000 + ms) / 1000
         else:
-            t = float(base + int(sec))
+            t = float(base + sec)
     else:
         return None
     return t if MIN_EPOCH <= t < MAX_EPOCH else None
