@@ -15,9 +15,9 @@ from typing import Any
 
 import orjson
 import pytest
-from streamkit import Topics, WorkerProc, create_worker_topics, produce, read_topic, wait_for
+from streamkit import Topics, WorkerProc, produce, read_topic, wait_for
 from test_worker import CONFIG, HISTORY, INCIDENT, START, scenario
-from test_worker_reliability import split
+from test_worker_reliability import first_part_running
 
 from detector.broker import EmbeddedBroker
 from detector.wire.audit import AuditRecord
@@ -80,12 +80,16 @@ async def test_commands_are_checked_applied_audited_and_survive_restarts(
     key: tuple[bytes, dict[str, str]],
 ) -> None:
     secret, env = key
-    topics = Topics.unique("ctl")
-    await create_worker_topics(broker, topics)
-    first, rest = split(traffic, START + HISTORY - 20 * 60)
-    await produce(broker.bootstrap, topics.actions, *first)
-    w1 = WorkerProc(broker.bootstrap, topics, tmp_path, CONFIG, extra_env=env, name="w1")
-    workers.append(w1.start())
+    topics, _, rest, w1 = await first_part_running(
+        broker,
+        workers,
+        tmp_path,
+        traffic,
+        "ctl",
+        START + HISTORY - 20 * 60,
+        extra_env=env,
+        name="w1",
+    )
     await wait_for(lambda: state(w1, "spam") == "closed", 60, "the engine to start")
 
     pause = cmd("pause", "spam").signed(secret)
@@ -172,12 +176,9 @@ async def test_a_flood_of_bad_commands_loses_no_valid_one(
     key: tuple[bytes, dict[str, str]],
 ) -> None:
     secret, env = key
-    topics = Topics.unique("flood")
-    await create_worker_topics(broker, topics)
-    first, _ = split(traffic, START + 2 * 3600)
-    await produce(broker.bootstrap, topics.actions, *first)
-    w = WorkerProc(broker.bootstrap, topics, tmp_path, CONFIG, extra_env=env)
-    workers.append(w.start())
+    topics, _, _, w = await first_part_running(
+        broker, workers, tmp_path, traffic, "flood", START + 2 * 3600, extra_env=env
+    )
     await wait_for(lambda: state(w, "spam") == "closed", 60, "the engine to start")
     forged = [cmd("pause", f"r{i}").signed(b"x" * 32).to_json() for i in range(10_000)]
     valid = cmd("pause", "fraud").signed(secret).to_json()

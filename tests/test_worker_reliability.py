@@ -67,12 +67,34 @@ def workers() -> Iterator[list[WorkerProc]]:
         print(f"----- worker {w.name} -----\n" + "\n".join(w.log().splitlines()[-150:]))
 
 
-def split(
-    traffic: tuple[list[bytes], list[bytes], Any], at: float
-) -> tuple[tuple[list[bytes], list[bytes]], tuple[list[bytes], list[bytes]]]:
+Part = tuple[list[bytes], list[bytes]]
+"""Values and keys of part of the traffic."""
+
+
+def split(traffic: tuple[list[bytes], list[bytes], Any], at: float) -> tuple[Part, Part]:
     values, keys, _ = traffic
     i = next(n for n, v in enumerate(values) if orjson.loads(v)["occurred_at"] >= _iso(at))
     return (values[:i], keys[:i]), (values[i:], keys[i:])
+
+
+async def first_part_running(
+    broker: EmbeddedBroker,
+    workers: list[WorkerProc],
+    tmp_path: Path,
+    traffic: tuple[list[bytes], list[bytes], Any],
+    label: str,
+    until: float,
+    **worker: Any,
+) -> tuple[Topics, Part, Part, WorkerProc]:
+    """Fresh topics named after ``label``, the traffic before ``until`` on the input, and
+    a worker started on it; returns the topics, both parts of the traffic and the worker."""
+    topics = Topics.unique(label)
+    await create_worker_topics(broker, topics)
+    first, rest = split(traffic, until)
+    await produce(broker.bootstrap, topics.actions, *first)
+    w = WorkerProc(broker.bootstrap, topics, tmp_path, CONFIG, **worker)
+    workers.append(w.start())
+    return topics, first, rest, w
 
 
 def _iso(t: float) -> str:
@@ -125,12 +147,9 @@ async def test_kill_9_mid_incident_counts_everything_once(
     traffic: Any,
     expected: list[dict[str, Any]],
 ) -> None:
-    topics = Topics.unique("kill9")
-    await create_worker_topics(broker, topics)
-    first, rest = split(traffic, SPLIT)
-    await produce(broker.bootstrap, topics.actions, *first)
-    w1 = WorkerProc(broker.bootstrap, topics, tmp_path, CONFIG, name="w1")
-    workers.append(w1.start())
+    topics, first, rest, w1 = await first_part_running(
+        broker, workers, tmp_path, traffic, "kill9", SPLIT, name="w1"
+    )
     await wait_for(lambda: watermark(w1) > START + HISTORY + 120, 60, "the first pause")
     assert w1.rules()["bot"]["state"] in ("open", "half_open")
     sending = asyncio.ensure_future(produce(broker.bootstrap, topics.actions, *rest))
@@ -159,12 +178,9 @@ async def test_kill_9_just_before_a_trip_still_lists_every_affected_account(
     """The ledger's recent deactivations are not in the checkpoint: a new owner rebuilds
     them from the aggregates topic, so a trip right after a crash lists the accounts hit
     since the onset, before the crash included."""
-    topics = Topics.unique("kill9ledger")
-    await create_worker_topics(broker, topics)
-    first, rest = split(traffic, START + HISTORY)  # up to the incident's first event
-    await produce(broker.bootstrap, topics.actions, *first)
-    w1 = WorkerProc(broker.bootstrap, topics, tmp_path, CONFIG, name="w1")
-    workers.append(w1.start())
+    topics, _, rest, w1 = await first_part_running(
+        broker, workers, tmp_path, traffic, "kill9ledger", START + HISTORY, name="w1"
+    )  # up to the incident's first event
     await wait_for(
         lambda: (
             w1.metric("detector_checkpoints_total") >= 2 and watermark(w1) > START + HISTORY - 30
@@ -191,12 +207,9 @@ async def test_restart_with_a_rule_paused_keeps_it_paused_without_a_second_alert
     traffic: Any,
     expected: list[dict[str, Any]],
 ) -> None:
-    topics = Topics.unique("restart")
-    await create_worker_topics(broker, topics)
-    first, _ = split(traffic, START + HISTORY + 5 * 60)
-    await produce(broker.bootstrap, topics.actions, *first)
-    w1 = WorkerProc(broker.bootstrap, topics, tmp_path, CONFIG, name="w1")
-    workers.append(w1.start())
+    topics, _, _, w1 = await first_part_running(
+        broker, workers, tmp_path, traffic, "restart", START + HISTORY + 5 * 60, name="w1"
+    )
     await wait_for(lambda: w1.rules().get("bot", {}).get("state") == "open", 60, "the pause")
     before = records_of(await read_topic(broker.bootstrap, topics.alerts))
     w1.signal(signal.SIGTERM)
@@ -219,12 +232,9 @@ async def test_two_workers_hand_over_without_losing_a_decision(
     traffic: Any,
     expected: list[dict[str, Any]],
 ) -> None:
-    topics = Topics.unique("handover")
-    await create_worker_topics(broker, topics)
-    first, rest = split(traffic, SPLIT)
-    await produce(broker.bootstrap, topics.actions, *first)
-    a = WorkerProc(broker.bootstrap, topics, tmp_path, CONFIG, name="a")
-    workers.append(a.start())
+    topics, _, rest, a = await first_part_running(
+        broker, workers, tmp_path, traffic, "handover", SPLIT, name="a"
+    )
     await wait_for(lambda: watermark(a) > START + HISTORY + 120, 60, "worker a")
     b = WorkerProc(broker.bootstrap, topics, tmp_path, CONFIG, name="b")
     workers.append(b.start())
@@ -246,12 +256,9 @@ async def test_a_frozen_broker_is_survived_and_shows_in_metrics(
     expected: list[dict[str, Any]],
 ) -> None:
     broker = fresh_broker
-    topics = Topics.unique("frozen")
-    await create_worker_topics(broker, topics)
-    first, rest = split(traffic, SPLIT)
-    await produce(broker.bootstrap, topics.actions, *first)
-    w = WorkerProc(broker.bootstrap, topics, tmp_path, CONFIG)
-    workers.append(w.start())
+    topics, _, rest, w = await first_part_running(
+        broker, workers, tmp_path, traffic, "frozen", SPLIT
+    )
     await wait_for(lambda: watermark(w) > START + HISTORY + 120, 60, "the first half")
     broker.pause()
     try:

@@ -359,14 +359,20 @@ def run(args: argparse.Namespace) -> int:
 async def send_command(args: argparse.Namespace, settings: Settings, command: Command) -> int:
     """Send one signed command; with ``--wait``, report what the detector made of it."""
     items = [(command.rule_id.encode(), command.to_json())]
+
+    async def send() -> topicio.Sent:
+        [sent] = await topicio.send_all(
+            settings, settings.topic_commands, "DETECTOR_TOPIC_COMMANDS", items, args.timeout
+        )
+        return sent
+
     outcome: AuditRecord | None = None
     if args.wait > 0:
+        # Following the audit topic from before the send: the answer cannot be missed.
         async with topicio.follow(
             settings, settings.topic_audit, "DETECTOR_TOPIC_AUDIT", args.timeout
         ) as audit:
-            [sent] = await topicio.send_all(
-                settings, settings.topic_commands, "DETECTOR_TOPIC_COMMANDS", items, args.timeout
-            )
+            sent = await send()
 
             def answers(msg: topicio.Message) -> bool:
                 records, _ = parse_audit([msg.value])
@@ -376,9 +382,7 @@ async def send_command(args: argparse.Namespace, settings: Settings, command: Co
             if found is not None:
                 outcome = AuditRecord.from_json(found.value or b"")
     else:
-        [sent] = await topicio.send_all(
-            settings, settings.topic_commands, "DETECTOR_TOPIC_COMMANDS", items, args.timeout
-        )
+        sent = await send()
     if args.json:
         render.print_json(
             {

@@ -19,8 +19,6 @@ offset and sequence number) and not published twice.
 from __future__ import annotations
 
 import asyncio
-import functools
-import hashlib
 import logging
 import math
 import time
@@ -36,8 +34,9 @@ from detector.engine.core import BucketScore
 from detector.errors import ContractError
 from detector.metrics import Metrics
 from detector.stream.machine import Applied, StateMachine
+from detector.stream.published import Published, read_back
 from detector.stream.settings import MAX_MESSAGE_BYTES, Settings
-from detector.topics import TopicError, read_to_end
+from detector.topics import TopicError
 from detector.wire.affected import AffectedAccount
 from detector.wire.aggregates import COMMANDS_KEY, CommandBatch, IngestBatch, RuleTick
 from detector.wire.records import Record
@@ -47,7 +46,6 @@ from detector.wire.rulestate import (
     H_TOPIC,
     RuleStateMessage,
     output_headers,
-    output_id,
 )
 
 log = logging.getLogger(__name__)
@@ -55,53 +53,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT_KEY = "engine"
 CHECKPOINT_KEY_JSON = orjson.dumps(CHECKPOINT_KEY)
 """The key as the table's changelog stores it (Faust's ``json`` key serializer)."""
-
-
-class Published:
-    """Outputs already on the output topics after the checkpoint, by topic.
-
-    An output is recognised by its id (the aggregates offset and sequence number in its
-    headers) or, should a replay number its outputs differently, by its bytes: a rule
-    state or an alert has its rule, event time and state version in it, so the same
-    bytes are the same decision. Topics are told apart: a crash between a rule state
-    and its alert leaves the alert to send.
-    """
-
-    def __init__(self) -> None:
-        self.ids: dict[str, set[tuple[int, int]]] = {}
-        self.values: dict[str, dict[bytes, int]] = {}
-
-    def add(self, topic: str, oid: tuple[int, int], value: bytes | None) -> None:
-        self.ids.setdefault(topic, set()).add(oid)
-        if value is not None:
-            self.values.setdefault(topic, {})[hashlib.blake2b(value, digest_size=16).digest()] = (
-                oid[0]
-            )
-
-    def has(self, topic: str, offset: int, seq: int, value: bytes) -> bool:
-        if (offset, seq) in self.ids.get(topic, ()):
-            return True
-        return hashlib.blake2b(value, digest_size=16).digest() in self.values.get(topic, {})
-
-    def update(self, other: Published) -> None:
-        for topic, ids in other.ids.items():
-            self.ids.setdefault(topic, set()).update(ids)
-        for topic, values in other.values.items():
-            self.values.setdefault(topic, {}).update(values)
-
-    def prune(self, position: int) -> None:
-        """Forget outputs of aggregates at or below ``position``: never replayed again."""
-        self.ids = {t: {i for i in ids if i[0] > position} for t, ids in self.ids.items()}
-        self.values = {
-            t: {h: o for h, o in vs.items() if o > position} for t, vs in self.values.items()
-        }
-
-    def counts(self) -> dict[str, int]:
-        return {t: len(ids) for t, ids in self.ids.items()}
-
-
-def _found(found: Published, topic: str, msg: Any) -> None:
-    found.add(topic, output_id(list(msg.headers or ())), msg.value)
 
 
 class StateStage:
@@ -151,7 +102,7 @@ class StateStage:
             data = orjson.loads(zlib.decompress(blob))
             self.machine = StateMachine.restore(data["machine"], self.config, self._on_bucket)
             self.out_next = data.get("outputs", {})
-            self.published = await self._read_back(self.out_next)
+            self.published = await read_back(self.settings, self.out_next)
             await self._rebuild_ledger()
             log.info(
                 "state restored from checkpoint",
@@ -164,7 +115,7 @@ class StateStage:
         else:
             self.machine = StateMachine(self.config, on_bucket=self._on_bucket)
             self.out_next = {}
-            self.published = await self._read_back({})
+            self.published = await read_back(self.settings, {})
             log.info("no checkpoint: starting with an empty engine")
         self.pending = []
         self.checkpointed = self.machine.position
@@ -204,7 +155,7 @@ class StateStage:
             elif self.stale:
                 # Ours again, and no one got further: keep the engine in memory, but learn
                 # what another owner may have published meanwhile.
-                self.published.update(await self._read_back(self.out_next))
+                self.published.update(await read_back(self.settings, self.out_next))
             self.stale = False
             self.stream = stream
             machine = self.machine
@@ -442,42 +393,6 @@ class StateStage:
             await self.app.producer.send_and_wait(
                 s.topic_dlq, agg.rule_id.encode(), orjson.dumps(agg.to_dict()), None, None, headers
             )
-
-    async def _read_back(self, since: dict[str, dict[str, int]]) -> Published:
-        """Outputs published after the checkpoint (read from the output topics)."""
-        s = self.settings
-        found = Published()
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap, enable_auto_commit=False, **s.kafka_security()
-        )
-        await consumer.start()
-        try:
-            for topic in (s.topic_alerts, s.topic_rule_state):
-                # Ask the broker: the consumer's own metadata knows only the topics it
-                # has been asked about, and would silently read nothing.
-                parts = (await consumer._client.fetch_all_metadata()).partitions_for_topic(topic)
-                parts = parts or set()
-                tps = [TopicPartition(topic, p) for p in sorted(parts)]
-                if not tps:
-                    continue
-                consumer.assign(tps)
-                for tp in tps:
-                    consumer.seek(tp, since.get(topic, {}).get(str(tp.partition), 0))
-                await read_to_end(consumer, tps, functools.partial(_found, found, topic))
-                log.info(
-                    "outputs read back",
-                    extra={
-                        "topic": topic,
-                        "from": {
-                            str(tp.partition): since.get(topic, {}).get(str(tp.partition), 0)
-                            for tp in tps
-                        },
-                        "found": found.counts().get(topic, 0),
-                    },
-                )
-        finally:
-            await consumer.stop()
-        return found
 
     # ----- metrics -----
     def _observe(self, batch: IngestBatch, records: list[Record]) -> None:
