@@ -123,9 +123,14 @@ def as_row(agg: RuleTick) -> dict[str, Any]:
 @st.composite
 def event_lists(draw: st.DrawFn, max_jump_ms: int = 700_000) -> list[Event]:
     """Events whose times walk around T0 in whole milliseconds, mostly forward,
-    sometimes jumping far enough to be ``future`` or ``too_late``."""
+    sometimes jumping far enough to be ``future`` or ``too_late``, often onto a tick's
+    or a bucket's first instant (T0 starts both)."""
+    edges = st.sampled_from([0, 1, 4_999, 5_000, -5_000, 10_000, 60_000])
     steps = draw(
-        st.lists(st.integers(-20_000, 30_000) | st.integers(-max_jump_ms, max_jump_ms), max_size=60)
+        st.lists(
+            st.integers(-20_000, 30_000) | st.integers(-max_jump_ms, max_jump_ms) | edges,
+            max_size=60,
+        )
     )
     out, ms = [], 0
     for step in steps:

@@ -1,4 +1,4 @@
-"""Subcommands of the ``detector`` command line, one module each."""
+"""Subcommands of the ``detector`` command line, one module each (``ctl`` has two)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import orjson
 
-from detector.commands.ctl import Formatter, common_options, guarded, load_settings, unknown_trip
+from detector.commands.ctl import Formatter, common_options, guarded, load_settings
+from detector.commands.ctl_actions import unknown_trip
 from detector.control import render, topicio
 from detector.control.views import Ledger
 from detector.stream.settings import Settings
