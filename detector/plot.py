@@ -61,6 +61,10 @@ def plot_rule(
     ax.fill_between(when, lower, upper, color="#1f77b4", alpha=0.15, label="expected band (3 sd)")
     ax.plot(when, expected, color="#1f77b4", lw=1, ls="--", label="expected")
     ax.step(when, observed, where="post", color="black", lw=1, label="observed deactivations")
+    # Transition labels stand left of their line; one close after another (a probe that
+    # fails within seconds) stands on the right instead, so that the two stay readable.
+    close = (hi - lo) * 0.02
+    last_label = -math.inf
     for r in mine:
         at = datetime.fromtimestamp(r.at, tz=UTC)
         if r.is_transition:
@@ -73,10 +77,11 @@ def plot_rule(
                 xycoords=("data", "axes fraction"),
                 rotation=90,
                 va="top",
-                ha="right",
+                ha="left" if r.at - last_label < close else "right",
                 fontsize=7,
                 color=colour,
             )
+            last_label = r.at
         else:
             ax.plot([at], [max(observed or [0]) * 1.02], marker="v", color="#e6a700")
             ax.annotate(
@@ -89,6 +94,8 @@ def plot_rule(
                 fontsize=7,
                 color="#b58900",
             )
+    # Head room above the data for the labels, which hang from the top.
+    ax.set_ylim(0, max([*observed, *upper, 1.0]) * 1.45)
     ax.set_ylabel("deactivations per bucket")
     ax.set_title(f"rule {rule_id}")
     ax.legend(loc="upper left", fontsize=8)

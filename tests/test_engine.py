@@ -46,7 +46,7 @@ from enginekit import (
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from detector.engine.core import Engine
+from detector.engine.core import BucketScore, Engine
 from detector.sim.model import Incident, RuleSpec, SpamWave
 from detector.wire.aggregates import RuleTick
 from detector.wire.events import GLOBAL_RULE_ID
@@ -192,6 +192,25 @@ def test_decision_policy(case: Policy) -> None:
 def test_evidence_onset_is_not_after_the_true_onset(case: Policy) -> None:
     finding = first(policy_records(case.name), reason=case.reason)
     assert onset_of(finding) <= ONSET, finding.evidence
+
+
+def test_a_paused_rules_buckets_still_score_how_anomalous_they_are() -> None:
+    """A paused rule is not judged, but its anomaly score (the dashboards' and the page's)
+    still measures each bucket: at 20x, from the bucket it trips in on, every bucket
+    scores 1, not 0."""
+    engine = Engine.restore(trained(BROAD.rule_id), CFG)
+    scores: list[BucketScore] = []
+    engine.on_bucket = scores.append
+    incident = Incident("20x", ("broad",), ONSET, HOUR, 20.0)
+    t1 = TRAINED + HOUR
+    aggs = aggregates(simulator([BROAD], [incident]), TRAINED, t1)
+    trip = transitions(feed(engine, aggs, TRAINED, t1))[0]
+    assert trip.to_state == "open"
+    trip_bucket = trip.at // BUCKET * BUCKET
+    during = [b.score for b in scores if trip_bucket <= b.start]
+    before = [b.score for b in scores if b.start < ONSET // BUCKET * BUCKET]
+    assert len(during) >= 10 and set(during) == {1.0}
+    assert before and max(before) < 1.0
 
 
 def test_every_transition_carries_versions_and_its_trigger() -> None:

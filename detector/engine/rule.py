@@ -707,8 +707,13 @@ class RuleDetector:
             if not held:
                 self._silence_test(x, m, c, at)
             self._clear_surge_alerts(x, m, g_bucket)
-        elif s.alerts and s.warm and x < cfg.warmup_cap_per_bucket:
-            s.alerts = [a for a in s.alerts if a not in SURGE_ALERTS]
+        elif s.warm:
+            if s.alerts and x < cfg.warmup_cap_per_bucket:
+                s.alerts = [a for a in s.alerts if a not in SURGE_ALERTS]
+        else:
+            # Paused: nothing is judged, but the score still says how far the bucket was
+            # above its expectation (the bucket a surge tripped in scores high, not 0).
+            score = g_bucket / p.h_burst
         if watched:
             self._version_chart(x)
         n, out, eout = self.current_makeup()
