@@ -20,7 +20,7 @@ sharply from its own baseline.
 
 EPILOG = """\
 examples:
-  detector demo                                    the whole product in two minutes
+  detector demo                                    the whole product in a minute
   detector backtest --sample --plot out/plots      replay the bundled sample incident
   detector backtest actions.jsonl.gz --transitions t.jsonl --ledger affected.jsonl
   DETECTOR_BROKER=kafka://kafka:9092 detector worker   run the daemon
@@ -33,8 +33,19 @@ Run 'detector COMMAND --help' for the options of a command.
 """
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the descriptions' layout; shows an option's default only when it has one
+    worth showing (not for flags, nor for options that are off unless given)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            action.option_strings
+            and "%(default)" not in text
+            and action.default not in (None, False, argparse.SUPPRESS)
+        ):
+            text += " (default: %(default)s)"
+        return text
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,7 @@ topics' messages, reinstatement requests, the printed forms and the help texts."
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import io
@@ -232,6 +233,28 @@ def test_ctl_and_affected_help(argv: list[str], capsys: pytest.CaptureFixture[st
         build_parser().parse_args([*argv, "--help"])
     text = capsys.readouterr().out
     assert "examples:" in text and "exit codes:" in text
+
+
+def parsers(parser: argparse.ArgumentParser, path: str = "detector") -> list[tuple[str, Any]]:
+    """Every (sub)command's parser, with its command line."""
+    out: list[tuple[str, Any]] = [(path, parser)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out += parsers(sub, f"{path} {name}")
+    return out
+
+
+def test_every_option_of_every_command_says_what_it_does() -> None:
+    commands = parsers(build_parser())
+    assert len(commands) > 15
+    for path, parser in commands:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            assert action.help, f"{path}: {'/'.join(action.option_strings) or action.dest}"
+        text = parser.format_help()
+        assert "(default: None)" not in text and "(default: False)" not in text, path
 
 
 # --- connection security settings (shared by the worker and the command line) -----

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from detector.commands.ctl import Formatter, common_options, guarded, load_settings
+from detector.commands.ctl import common_options, guarded, load_settings
 from detector.commands.ctl_actions import unknown_trip
 from detector.control import render, topicio
 from detector.control.views import Ledger
@@ -58,7 +58,7 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
         help=HELP,
         description=DESCRIPTION,
         epilog=EPILOG,
-        formatter_class=Formatter,
+        formatter_class=formatter,
         parents=[common_options()],
     )
     p.add_argument("trip", metavar="TRIP_ID", help="the trip, RULE#VERSION")

@@ -125,31 +125,17 @@ Each line shows how long after the rule-state message was written the gate saw i
 }
 
 
-class Formatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the descriptions' layout; shows a default only when there is one."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if (
-            action.option_strings
-            and "%(default)" not in text
-            and action.default not in (None, False, argparse.SUPPRESS)
-        ):
-            text += " (default: %(default)s)"
-        return text
-
-
 def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
     """Add the ``ctl`` subcommand and its own subcommands."""
     p = sub.add_parser(
-        "ctl", help=HELP, description=DESCRIPTION, epilog=EPILOG, formatter_class=Formatter
+        "ctl", help=HELP, description=DESCRIPTION, epilog=EPILOG, formatter_class=formatter
     )
     ctl = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     def leaf(name: str, **kwargs: Any) -> argparse.ArgumentParser:
         epilog = f"examples:\n{EXAMPLES[name]}\n" if name in EXAMPLES else None
         parser: argparse.ArgumentParser = ctl.add_parser(
-            name, formatter_class=Formatter, epilog=epilog, **kwargs
+            name, formatter_class=formatter, epilog=epilog, **kwargs
         )
         return parser
 
@@ -243,8 +229,21 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
         "interrupted (or --for SECONDS).",
     )
     wa.add_argument("rules", nargs="*", metavar="RULE", help="only these rules (default: all)")
-    wa.add_argument("--for", dest="duration", type=float, default=0.0, metavar="SECONDS")
-    wa.add_argument("--stale-after", type=float, default=15.0, metavar="SECONDS")
+    wa.add_argument(
+        "--for",
+        dest="duration",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="stop after this long (0: until interrupted)",
+    )
+    wa.add_argument(
+        "--stale-after",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="without an answer from the broker for this long, the gate answers 'unknown'",
+    )
     wa.set_defaults(handler=run, kind="watch")
 
 

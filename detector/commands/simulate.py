@@ -35,7 +35,9 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
         help="where to write the actions (.jsonl or .jsonl.gz)",
     )
     p.add_argument("--incident", choices=INCIDENTS, default="shift", help="incident to inject")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--seed", type=int, default=7, help="seed of the simulated platform (same seed, same file)"
+    )
     p.add_argument(
         "--history-days",
         type=float,
