@@ -26,6 +26,9 @@ transparently) or, with --counts, a CSV of pre-aggregated deactivations with the
 header 'timestamp,rule_id,count' (timestamps in RFC 3339 or epoch seconds, one
 row per rule per bucket or finer; counts may be fractional). Lines that break
 the contract are counted by reason and never silently dropped: see --rejects.
+
+Exit codes: 0 replayed; 1 no line of the input was a valid event (nothing was
+judged); 2 bad usage, an unreadable input, or a bad line with --strict.
 """
 
 
@@ -132,6 +135,10 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(orjson.dumps(_summary_json(result, plots)).decode() + "\n")
     else:
         _print_summary(result, path, plots, args)
+    if result.accepted == 0:
+        what = "is empty" if result.lines == 0 else "holds no valid line"
+        print(f"detector backtest: error: {path} {what}: nothing was judged", file=sys.stderr)
+        return 1
     return 0
 
 

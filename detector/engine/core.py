@@ -181,6 +181,8 @@ class Engine:
         """Judge every tick that ends at least ``lateness`` before ``watermark``."""
         if watermark > self.watermark:
             self.watermark = watermark
+        if self.watermark == -math.inf:
+            return self._drain()  # no event time yet: nothing to judge
         p = self.params
         last = math.floor((self.watermark - self.config.lateness_seconds) / p.tick_s) - 1
         if self.tick is None:
