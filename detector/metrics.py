@@ -144,7 +144,8 @@ class Metrics:
         )
         self.rule_score = Gauge(
             "detector_rule_anomaly_score",
-            "The engine's anomaly score of the rule, 0..1.",
+            "Anomaly score of the rule's last closed bucket: its strongest surge statistic "
+            "over that statistic's threshold, 0 (normal) to 1 (at the threshold or above).",
             ["rule_id"],
             registry=r,
         )
