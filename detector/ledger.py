@@ -10,7 +10,8 @@ until its probe or the end of the trip), every deactivation that was applied
 nonetheless — an enforcement service that had not yet heard of the pause, or that
 ignores it; and afterwards, any late arrival inside those windows. The trip ends
 when the rule is closed (or disabled) again; its windows stay open for late events
-for the engine's lateness, then the trip is forgotten.
+for the engine's lateness, then the trip is forgotten. A global halt (rule ``*``) is
+a trip whose windows take the deactivations of every rule.
 Each deactivation is listed once, whatever order the events and the decisions
 arrive in (the backtest hands over events in large slices, the daemon in small
 ones: both list the same accounts).
@@ -28,6 +29,7 @@ stage re-reads that stretch of the aggregates topic after a restart.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -37,6 +39,7 @@ from typing import Any, NamedTuple
 from detector.config import EngineConfig
 from detector.wire.affected import AffectedAccount, TripSummary, trip_id
 from detector.wire.aggregates import RuleTick
+from detector.wire.events import GLOBAL_RULE_ID
 from detector.wire.records import Record
 from detector.wire.timefmt import from_rfc3339
 
@@ -165,7 +168,8 @@ class Ledger:
         passes ``emit=False``). ``span`` bounds their event times and ``n`` counts them
         (both are worked out from ``hits`` when not given, which reads them)."""
         self.position = max(self.position, offset)
-        trip = self.trips.get(rule_id) if emit else None
+        own = self.trips.get(rule_id) if emit else None
+        everyone = self.trips.get(GLOBAL_RULE_ID) if emit else None
         if span is None or n is None:
             listed = list(hits)
             if not listed:
@@ -180,15 +184,18 @@ class Ledger:
         self.counts[rule_id] = self.counts.get(rule_id, 0) + n
         if self.counts[rule_id] > self.max_per_rule:
             self._bound(rule_id, ring)
-        if trip is None:
-            return []
         out: list[AffectedAccount] = []
-        for t, event_id, account_id, action in hits:
-            phase = trip.phase(t)
-            if phase is not None:
-                out.append(
-                    AffectedAccount(trip.trip_id, rule_id, account_id, event_id, action, t, phase)
-                )
+        for trip in (own, everyone):
+            if trip is None:
+                continue
+            for t, event_id, account_id, action in hits:
+                phase = trip.phase(t)
+                if phase is not None:
+                    out.append(
+                        AffectedAccount(
+                            trip.trip_id, rule_id, account_id, event_id, action, t, phase
+                        )
+                    )
         return out
 
     def add_tick(self, agg: RuleTick, offset: int, emit: bool = True) -> list[AffectedAccount]:
@@ -216,14 +223,29 @@ class Ledger:
             self.counts[rule_id] -= excess
             excess = 0
 
-    def _listed(self, rule_id: str, start: float, end: float) -> list[tuple[float, str, str, str]]:
-        """The rule's hits in ``[start, end)``, reading only the chunks that may hold some."""
+    def _listed(self, trip: Trip, start: float, end: float) -> list[tuple[str, Hit]]:
+        """The hits of the trip's rule (of every rule, for a global trip) in
+        ``[start, end)`` with their rule, reading only the chunks that may hold some."""
+        if trip.rule_id == GLOBAL_RULE_ID:
+            rules: Sequence[str] = sorted(self.rings)
+        else:
+            rules = (trip.rule_id,)
         out = []
-        for chunk in self.rings.get(rule_id, ()):
-            if chunk.hi < start or chunk.lo >= end:
-                continue
-            out += [h for h in chunk.hits if start <= h[0] < end]
+        for rule_id in rules:
+            for chunk in self.rings.get(rule_id, ()):
+                if chunk.hi < start or chunk.lo >= end:
+                    continue
+                out += [(rule_id, h) for h in chunk.hits if start <= h[0] < end]
         return out
+
+    def _accounts(
+        self, trip: Trip, start: float, end: float, phase: str
+    ) -> list[AffectedAccount | TripSummary]:
+        """Ledger records of the trip's hits in ``[start, end)``."""
+        return [
+            AffectedAccount(trip.trip_id, rule_id, account_id, event_id, action, t, phase)
+            for rule_id, (t, event_id, account_id, action) in self._listed(trip, start, end)
+        ]
 
     def on_records(self, records: list[Record]) -> list[AffectedAccount | TripSummary]:
         """Follow the breaker transitions: trips start, probe, and end."""
@@ -254,23 +276,33 @@ class Ledger:
 
     def _start(self, rec: Record) -> list[AffectedAccount | TripSummary]:
         rule_id = rec.rule_id
-        try:
-            onset = min(from_rfc3339(str(rec.evidence["onset"])), rec.at)
-        except (KeyError, ValueError):
-            onset = rec.at
+        onset = self._onset(rec)
         version = int(rec.evidence.get("state_version", 0))
         trip = Trip(trip_id(rule_id, version), rule_id, onset, rec.at, rec.reason)
         trip.held.append([rec.at, math.inf])
-        lost = self.lost_until.get(rule_id)
+        if rule_id == GLOBAL_RULE_ID:
+            lost = max(self.lost_until.values(), default=None)
+        else:
+            lost = self.lost_until.get(rule_id)
         if lost is not None and lost >= onset:
             trip.truncated_before = lost
         self.trips[rule_id] = trip
-        out: list[AffectedAccount | TripSummary] = [trip.summary()]
-        for t, event_id, account_id, action in self._listed(rule_id, onset, rec.at):
-            out.append(
-                AffectedAccount(trip.trip_id, rule_id, account_id, event_id, action, t, "incident")
-            )
-        return out
+        return [trip.summary(), *self._accounts(trip, onset, rec.at, "incident")]
+
+    def _onset(self, rec: Record) -> float:
+        """When a trip's incident began: the evidence's onset; for a global halt on many
+        rules tripping, the earliest onset of their trips (the halt's own evidence
+        names none)."""
+        onsets = [rec.at]
+        with contextlib.suppress(KeyError, ValueError):
+            onsets.append(from_rfc3339(str(rec.evidence["onset"])))
+        if rec.rule_id == GLOBAL_RULE_ID:
+            rules = rec.evidence.get("rules")
+            for rule_id in rules if isinstance(rules, list) else ():
+                trip = self.trips.get(str(rule_id))
+                if trip is not None:
+                    onsets.append(trip.onset)
+        return min(onsets)
 
     def _end_windows(
         self, trip: Trip, windows: list[list[float]], at: float, phase: str
@@ -280,12 +312,7 @@ class Ledger:
         for window in windows:
             if math.isinf(window[1]):
                 window[1] = at
-                for t, event_id, account_id, action in self._listed(trip.rule_id, window[0], at):
-                    out.append(
-                        AffectedAccount(
-                            trip.trip_id, trip.rule_id, account_id, event_id, action, t, phase
-                        )
-                    )
+                out += self._accounts(trip, window[0], at, phase)
         return out
 
     def finish(self, at: float) -> list[AffectedAccount | TripSummary]:

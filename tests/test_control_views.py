@@ -22,7 +22,7 @@ from detector.control.views import (
     command_outcome,
     parse_audit,
     plan_reinstatements,
-    requested_ids,
+    requested_events,
     rule_history,
 )
 from detector.errors import ContractError
@@ -38,8 +38,15 @@ def audit(aid: str, rule: str, at: float, kind: str = "transition", **detail: An
     return AuditRecord(aid, kind, at, rule, "detector", outcome, "why", detail)
 
 
-def account(trip: str, event: str, who: str, at: float = T0, phase: str = "incident") -> Any:
-    rule = trip.partition("#")[0]
+def account(
+    trip: str,
+    event: str,
+    who: str,
+    at: float = T0,
+    phase: str = "incident",
+    rule: str | None = None,
+) -> Any:
+    rule = rule or trip.partition("#")[0]
     return AffectedAccount(trip, rule, who, event, "deactivate_account", at, phase)
 
 
@@ -140,12 +147,23 @@ def test_a_plan_requests_each_entry_once() -> None:
     assert (first.entries, first.accounts, first.already_requested) == (3, 2, 0)
     assert [r.reverses_event_id for r in first.to_send] == ["e1", "e2", "e3"]
     topic = [r.to_json() for r in first.to_send[:2]]
-    other_trip = ReinstatementRequest.for_account(account("bot#2", "e3", "u3"), "bob", "x", T0)
-    already, bad = requested_ids([*topic, other_trip.to_json(), b"junk", None], "bot#1")
+    already, bad = requested_events([*topic, b"junk", None])
     assert bad == 2
     again = plan_reinstatements("bot#1", accounts, already, "bob", "again", T0 + 60)
     assert again.already_requested == 2
     assert [r.request_id for r in again.to_send] == [first.to_send[2].request_id]
+
+
+def test_a_deactivation_two_trips_list_is_requested_once() -> None:
+    """A global halt's trip lists what the rule's own trip lists too."""
+    own = ReinstatementRequest.for_account(account("bot#2", "e3", "u3"), "bob", "x", T0)
+    already, _ = requested_events([own.to_json()])
+    accounts = [account("*#1", "e3", "u3", rule="bot"), account("*#1", "e4", "u4", rule="spam")]
+    plan = plan_reinstatements("*#1", accounts, already, "alice", "INC-2", T0)
+    assert plan.already_requested == 1
+    assert [(r.trip_id, r.rule_id, r.reverses_event_id) for r in plan.to_send] == [
+        ("*#1", "spam", "e4")
+    ]
 
 
 def test_a_request_round_trips() -> None:

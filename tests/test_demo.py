@@ -244,6 +244,35 @@ def test_demo_pauses_the_injected_rule_only_and_lists_exactly_the_affected_accou
     assert not [name for name, port in run.ports.items() if listening(port)]
 
 
+def test_a_global_incident_lists_every_wrongful_deactivation(
+    start_demo: Any, tmp_path: Path
+) -> None:
+    """Several rules misbehave at once and the global view halts them all, some before
+    they trip on their own: the halt's trip lists every rule's deactivations, so every
+    wrongful deactivation the enforcement service applied is in the ledger."""
+    out = tmp_path / "demo"
+    run = start_demo("--incident", "global", "--seed", str(SEED), "--out", str(out))
+    assert run.finish(timeout=180) == 0, run.text
+    summary = orjson.loads((out / "summary.json").read_bytes())
+    assert summary["trip"]["trip_id"] == "*#1", run.text
+    with (out / "affected-accounts.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    by_trip = {r["trip_id"] for r in rows}
+    assert "*#1" in by_trip and len(by_trip) > 1
+    halted = {r["rule_id"] for r in rows if r["trip_id"] == "*#1"}
+    assert halted > {r.partition("#")[0] for r in by_trip if r != "*#1"}, "rules without a trip"
+    decisions = map(
+        orjson.loads, gzip.decompress((out / "decisions.jsonl.gz").read_bytes()).splitlines()
+    )
+    wrongful = {
+        d["event_id"]
+        for d in decisions
+        if d["wrongful"] and d["fate"] == "applied" and d["action"] in DEACTIVATIONS
+    }
+    assert wrongful, "the incident deactivated accounts wrongly"
+    assert wrongful <= {r["event_id"] for r in rows}
+
+
 @pytest.mark.parametrize(
     ("marker", "extra"),
     [

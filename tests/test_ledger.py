@@ -221,6 +221,50 @@ def test_late_and_probe_deactivations_are_listed_once() -> None:
     assert isinstance(out[0], TripSummary) and out[0].trip_id == "r#5"
 
 
+def test_a_global_halt_lists_every_rules_deactivations_from_the_incidents_onset() -> None:
+    """Rules the halt stopped before they tripped are listed too: from the earliest onset
+    of the rules whose trips caused it, while it holds, and during its probe."""
+    ledger = Ledger(EngineConfig())
+    ledger.add("a", [hit(90.0, 1), hit(130.0, 2)], 0)
+    ledger.add("b", [hit(110.0, 3)], 0)
+    ledger.add("quiet", [hit(120.0, 4), hit(99.0, 5)], 0)
+    out = ledger.on_records([trip("a", 100.0, 140.0)])
+    assert [r.event_id for r in out if isinstance(r, AffectedAccount)] == ["e2"]
+    halt = Record(
+        "*",
+        150.0,
+        TRANSITION,
+        "closed",
+        "open",
+        "many_rules",
+        {"trigger": "trip", "rules": ["a", "b"], "state_version": 1},
+    )
+    out = ledger.on_records([halt])
+    summary = out[0]
+    assert isinstance(summary, TripSummary) and summary.trip_id == "*#1"
+    assert summary.onset == 100.0  # rule a's, the earliest; b has no trip
+    listed = [(r.rule_id, r.event_id, r.phase) for r in out if isinstance(r, AffectedAccount)]
+    assert sorted(listed) == [
+        ("a", "e2", "incident"),
+        ("b", "e3", "incident"),
+        ("quiet", "e4", "incident"),
+    ]
+    assert {r.trip_id for r in out} == {"*#1"}
+    # While the halt holds, any rule's applied deactivation is listed under it (and under
+    # the rule's own trip if it has one) when the held stretch ends.
+    assert ledger.add("quiet", [hit(160.0, 6)], 1) == []
+    assert [(r.trip_id, r.event_id) for r in ledger.add("a", [hit(135.0, 7)], 1)] == [
+        ("a#1", "e7"),
+        ("*#1", "e7"),
+    ]  # late, inside both incident windows
+    resumed = Record("*", 300.0, TRANSITION, "open", "closed", "operator_resume", {})
+    out = ledger.on_records([resumed])
+    assert [(r.rule_id, r.event_id, r.phase) for r in out if isinstance(r, AffectedAccount)] == [
+        ("quiet", "e6", "held")
+    ]
+    assert out[-1] == TripSummary("*#1", "*", 100.0, 150.0, "many_rules", "closed", 300.0, None)
+
+
 @pytest.mark.parametrize("path", ["fast", "full"])
 def test_shadow_decisions_are_not_listed(path: str) -> None:
     from detector.aggregate import Aggregator

@@ -31,7 +31,7 @@ from detector.control.views import (
     command_outcome,
     parse_audit,
     plan_reinstatements,
-    requested_ids,
+    requested_events,
     rule_history,
 )
 from detector.errors import ContractError
@@ -206,7 +206,7 @@ async def reinstate(args: argparse.Namespace, settings: Settings, operator: str)
     existing = await topicio.read_all(
         settings, settings.topic_reinstatements, "DETECTOR_TOPIC_REINSTATEMENTS", args.timeout
     )
-    already, _ = requested_ids((m.value for m in existing), trip)
+    already, _ = requested_events(m.value for m in existing)
     plan = plan_reinstatements(
         trip, ledger.accounts_of(trip), already, operator, args.reason, time.time()
     )

@@ -151,13 +151,15 @@ class ReinstatementPlan:
     accounts: int
     """Distinct accounts among them."""
     already_requested: int
-    """Entries whose request is already in the reinstatements topic."""
+    """Entries whose deactivation is already requested in the reinstatements topic."""
     to_send: list[ReinstatementRequest]
 
 
-def requested_ids(values: Iterable[bytes | None], trip_id: str) -> tuple[set[str], int]:
-    """Request ids of ``trip_id`` already in the reinstatements topic, and unreadable messages."""
-    ids: set[str] = set()
+def requested_events(values: Iterable[bytes | None]) -> tuple[set[str], int]:
+    """Event ids whose reinstatement is already requested in the reinstatements topic,
+    under any trip (a deactivation a global halt and its own rule's trip both list is
+    reinstated once), and the number of unreadable messages."""
+    events: set[str] = set()
     bad = 0
     for value in values:
         try:
@@ -165,9 +167,8 @@ def requested_ids(values: Iterable[bytes | None], trip_id: str) -> tuple[set[str
         except ContractError:
             bad += 1
             continue
-        if req.trip_id == trip_id:
-            ids.add(req.request_id)
-    return ids, bad
+        events.add(req.reverses_event_id)
+    return events, bad
 
 
 def plan_reinstatements(
@@ -178,15 +179,17 @@ def plan_reinstatements(
     reason: str,
     requested_at: float,
 ) -> ReinstatementPlan:
-    """One request per ledger entry of the trip, minus those already requested."""
+    """One request per ledger entry of the trip, minus the deactivations (event ids)
+    already requested."""
     to_send = []
     done = 0
     for account in accounts:
-        req = ReinstatementRequest.for_account(account, operator, reason, requested_at)
-        if req.request_id in already:
+        if account.event_id in already:
             done += 1
         else:
-            to_send.append(req)
+            to_send.append(
+                ReinstatementRequest.for_account(account, operator, reason, requested_at)
+            )
     return ReinstatementPlan(
         trip_id, len(accounts), len({a.account_id for a in accounts}), done, to_send
     )

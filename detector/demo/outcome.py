@@ -145,11 +145,11 @@ class Outcome:
 
     def ledger_trips(self, paused: Trip) -> list[Trip]:
         """The trips whose ledgers list the accounts of an incident that ended in
-        ``paused``: that trip itself, or, for a global halt (rule ``*``, which decides
-        nothing itself and lists no account), the trips of the individual rules."""
+        ``paused``: that trip itself, and for a global halt (rule ``*``, whose trip lists
+        every rule's deactivations) the trips of the individual rules too."""
         if paused.rule_id != GLOBAL_RULE_ID:
             return [paused]
-        return [t for r, t in self.trips.items() if r != GLOBAL_RULE_ID]
+        return [paused, *(t for r, t in self.trips.items() if r != GLOBAL_RULE_ID)]
 
     def command_outcomes(self) -> dict[str, AuditRecord]:
         """Audit records of operator commands, by command id (the first one kept)."""
@@ -202,15 +202,16 @@ def expected_ledger(
     ended_at: float | None = None,
 ) -> list[Decision]:
     """What the ledger contract says a trip lists (``detector.wire.affected``): the
-    rule's applied deactivations from ``onset`` to the end of the trip (``ended_at``),
-    whether before the pause, in a probe or while paused; for a trip not ended, up to
-    the end of its last probe (the stretch after it is listed when it ends)."""
+    rule's (for the global rule ``*``, every rule's) applied deactivations from
+    ``onset`` to the end of the trip (``ended_at``), whether before the pause, in a
+    probe or while paused; for a trip not ended, up to the end of its last probe (the
+    stretch after it is listed when it ends)."""
     end = ended_at if ended_at is not None else max([paused_at, *(b for _, b in probes)])
     windows = [(onset, end)]
     return [
         d
         for d in decisions
-        if d.rule_id == rule_id
+        if (rule_id == GLOBAL_RULE_ID or d.rule_id == rule_id)
         and d.deactivation
         and d.fate == APPLIED
         and any(a <= d.occurred_at < b for a, b in windows)
@@ -277,8 +278,7 @@ def wrongful_unlisted(
 ) -> int:
     """Wrongful deactivations by ``rule_ids`` applied from ``start`` that the ledger does
     not list (applied after a pause decision but before the gate reached the
-    enforcement service; or, in a global incident, by a rule before the halt, outside
-    any trip of its own)."""
+    enforcement service, or before the estimated onset of the incident)."""
     return sum(
         d.wrongful
         and d.deactivation

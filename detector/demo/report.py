@@ -225,16 +225,12 @@ class Summary:
                 )
             if self.unlisted:
                 out.append(
-                    f"  not in the ledger: {self.unlisted} wrongful deactivations applied after "
-                    "the pause's event time, before the gate reached the enforcement service "
-                    "(the detector decides once the watermark, with its allowed lateness, has "
-                    f"passed; at {self.speed:g}x each wall-clock second of delivery is "
-                    f"{self.speed:g} s of event time)"
-                    + (
-                        ", or by rules the global halt stopped before they tripped"
-                        if self.expected_pause == "*"
-                        else ""
-                    )
+                    f"  not in the ledger: {self.unlisted} wrongful deactivations applied "
+                    "after the pause's event time, before the gate reached the enforcement "
+                    "service (the detector decides once the watermark, with its allowed "
+                    f"lateness, has passed; at {self.speed:g}x each wall-clock second of "
+                    f"delivery is {self.speed:g} s of event time), or before the estimated "
+                    "onset"
                 )
         out.append(
             f"  the enforcement service held {self.held:,} decisions and ran "

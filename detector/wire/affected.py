@@ -2,7 +2,9 @@
 
 For every trip (a rule paused by the detector), the accounts the rule deactivated
 or suspended between the estimated onset of the incident and the pause, while a
-half-open probe let the rule act again, and while it was paused yet still acted.
+half-open probe let the rule act again, and while it was paused yet still acted. The
+trip of a global halt (rule ``*``) lists the deactivations of every rule, each with
+its own ``rule_id``.
 Two kinds of record:
 
 An account (key ``TRIP_ID/EVENT_ID``)::
