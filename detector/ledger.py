@@ -184,10 +184,13 @@ class Ledger:
         self.counts[rule_id] = self.counts.get(rule_id, 0) + n
         if self.counts[rule_id] > self.max_per_rule:
             self._bound(rule_id, ring)
+        if own is None and everyone is None:
+            return []
+        trips = [trip for trip in (own, everyone) if trip is not None]
+        if len(trips) > 1:
+            hits = list(hits)  # read (decoded) once
         out: list[AffectedAccount] = []
-        for trip in (own, everyone):
-            if trip is None:
-                continue
+        for trip in trips:
             for t, event_id, account_id, action in hits:
                 phase = trip.phase(t)
                 if phase is not None:
