@@ -40,6 +40,7 @@ examples:
   detector affected 'bot.automation#3' --format jsonl --output bot-3.jsonl
   detector affected 'bot.automation#3' --json | jq '.count'
   detector affected 'bot.automation#99'    unknown trip: exit 4, names the known ones
+  detector affected '*#1' --format csv   a global halt: every rule's deactivations
 
 CSV columns: trip_id, rule_id, account_id, event_id, action, occurred_at, phase
 (incident: between onset and pause; probe: during a half-open probe; held: while
